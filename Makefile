@@ -1,0 +1,30 @@
+# The README names these targets; each installs what it needs into .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+## Quick start: SQLite under instance/, ./ml_models, demo data, trained models, gunicorn on :5000.
+run: setup
+	bash scripts/quickstart.sh
+
+## The whole test suite (PostgreSQL on 127.0.0.1:5432 and SQLite).
+test: setup
+	bash scripts/test.sh
+
+## Benchmarks: prints a table, writes bench/results/latest.json.
+bench: setup
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,57 @@
+"""/health and /ready against real databases and a real models directory."""
+import os
+import subprocess
+
+import pytest
+
+
+def test_health_is_ok(client):
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+
+def test_ready_when_database_and_directory_are_fine(client):
+    response = client.get("/ready")
+    body = response.get_json()
+    assert response.status_code == 200, body
+    assert body["checks"]["database"]["ok"] is True
+    assert body["checks"]["models_dir"]["ok"] is True
+
+
+def test_ready_503_names_the_models_directory_when_it_is_not_writable(app, client, tmp_path):
+    # A read-only tmpfs: a real unwritable directory even for root.
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        app.config["ML_MODELS_DIR"] = str(ro)
+        response = client.get("/ready")
+        body = response.get_json()
+        assert response.status_code == 503
+        assert body["failed"] == ["models_dir"]
+        assert "not writable" in body["checks"]["models_dir"]["error"]
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+
+
+def test_ready_503_names_the_database_when_it_does_not_answer(tmp_path, models_dir):
+    from tests import dbutil
+
+    # A port nothing listens on: the connection is really refused.
+    app = dbutil.make_app("postgresql+psycopg2://postgres@127.0.0.1:1/none", models_dir)
+    response = app.test_client().get("/ready")
+    body = response.get_json()
+    assert response.status_code == 503
+    assert body["failed"] == ["database"]
+    assert "OperationalError" in body["checks"]["database"]["error"]
+
+
+def test_errors_are_json_not_html(client):
+    response = client.get("/no-such-page")
+    assert response.status_code == 404
+    assert response.is_json
+    assert "error" in response.get_json()

@@ -1,0 +1,5 @@
+"""Placeholder until its component lands."""
+
+
+def init_app(app):
+    return None

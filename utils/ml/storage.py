@@ -1,0 +1,279 @@
+"""Model artifact stores: where model bytes live, chosen by URL scheme.
+
+Rows in ``ml_models`` keep a *storage key* (a file name relative to the store),
+never an absolute path, so a volume can be mounted elsewhere without touching
+the database.  ``LocalModelStore`` is the only backend today; another (S3,
+MinIO) is one more subclass registered in ``STORE_SCHEMES``.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+from urllib.parse import urlparse
+
+MODEL_SUFFIXES = (".pkl", ".pkl.gz")
+TEMP_PREFIX = ".tmp-"
+
+
+class ModelStoreError(Exception):
+    """Base class of store failures; the message names the key and the rule."""
+
+
+class UnsafePathError(ModelStoreError):
+    """A key resolves outside the store (path traversal, symlink escape)."""
+
+
+class ModelTooLargeError(ModelStoreError):
+    """A model exceeds the configured maximum size."""
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    key: str
+    size_bytes: int
+    modified_at: float  # POSIX timestamp
+
+
+class ModelStore(ABC):
+    """Contract of a model artifact store."""
+
+    @abstractmethod
+    def write_new(self, name_factory: Callable[[], str], data: bytes) -> str:
+        """Store ``data`` under a fresh name from ``name_factory`` and return its key.
+
+        Atomic: no reader ever sees a partial object under the final name, and
+        an existing object is never overwritten (a taken name is retried).
+        """
+
+    @abstractmethod
+    def read(self, key: str, max_bytes: int) -> bytes:
+        """Return the bytes of ``key``; refuse more than ``max_bytes``."""
+
+    @abstractmethod
+    def delete(self, key: str) -> int:
+        """Delete ``key``; return the bytes freed (0 if it was already gone)."""
+
+    @abstractmethod
+    def size(self, key: str) -> int | None:
+        """Size in bytes, or None when the object does not exist."""
+
+    @abstractmethod
+    def iter_files(self) -> Iterator[StoredFile]:
+        """Every model object in the store (not temporary files)."""
+
+    @abstractmethod
+    def iter_temp_files(self) -> Iterator[StoredFile]:
+        """Leftovers of interrupted writes."""
+
+    @abstractmethod
+    def locate(self, key: str) -> str:
+        """Where ``key`` lives, for people (an absolute path or a URL)."""
+
+    @abstractmethod
+    def check_writable(self) -> None:
+        """Raise ``ModelStoreError`` unless a new object could be written now."""
+
+    def disk_usage(self) -> dict[str, float] | None:
+        """Capacity figures when the backend has them."""
+        return None
+
+
+class LocalModelStore(ModelStore):
+    """Files in one directory (755), each file 644, written temp-fsync-rename."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
+
+    # -- paths -------------------------------------------------------------
+    def resolve(self, key: str) -> Path:
+        """Absolute path of ``key``, refusing anything that escapes the root.
+
+        ``resolve()`` follows symlinks, so a link pointing out is caught too;
+        ``is_relative_to`` compares path components, not string prefixes
+        (``/app/ml_models_evil`` is not inside ``/app/ml_models``).
+        """
+        if not key or "\x00" in key:
+            raise UnsafePathError(f"model key {key!r} is empty or contains NUL")
+        path = (self.root / key).resolve()
+        if path == self.root or not path.is_relative_to(self.root):
+            raise UnsafePathError(f"model key {key!r} resolves outside {self.root}")
+        return path
+
+    def key_for(self, path: Path) -> str:
+        return path.resolve().relative_to(self.root).as_posix()
+
+    def locate(self, key: str) -> str:
+        return str(self.resolve(key))
+
+    # -- writing -------------------------------------------------------------
+    def write_new(self, name_factory: Callable[[], str], data: bytes) -> str:
+        fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=self.root)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o644)
+            key = self._publish(tmp, name_factory)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._fsync_dir()
+        return key
+
+    def _publish(self, tmp: Path, name_factory: Callable[[], str]) -> str:
+        """Give the finished temp file its final name without ever overwriting."""
+        for _ in range(20):
+            name = name_factory()
+            final = self.resolve(name)
+            try:
+                # link() fails if the name exists: a no-clobber rename.
+                os.link(tmp, final)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                    raise
+                # Filesystems without hard links: names carry a random part,
+                # so checking first and renaming is safe enough here.
+                if final.exists():
+                    continue
+                os.replace(tmp, final)
+                return name
+            tmp.unlink()
+            return name
+        raise ModelStoreError("could not find a free model file name after 20 attempts")
+
+    def _fsync_dir(self) -> None:
+        # The rename is durable only once the directory entry is on disk.
+        try:
+            dir_fd = os.open(self.root, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(dir_fd)
+        except OSError:
+            pass
+        finally:
+            os.close(dir_fd)
+
+    # -- reading -------------------------------------------------------------
+    def read(self, key: str, max_bytes: int) -> bytes:
+        path = self.resolve(key)
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > max_bytes:
+                raise ModelTooLargeError(
+                    f"model file {key!r} is {size} bytes, over the limit of {max_bytes} bytes (ML_MAX_MODEL_MB)"
+                )
+            # Read at most one byte past the limit: a file growing under us is caught too.
+            data = handle.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise ModelTooLargeError(f"model file {key!r} grew past {max_bytes} bytes while being read")
+        return data
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self.resolve(key).stat().st_size
+        except (FileNotFoundError, UnsafePathError):
+            return None
+
+    def delete(self, key: str) -> int:
+        path = self.resolve(key)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        return size
+
+    def _scan(self, want_temp: bool) -> Iterator[StoredFile]:
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            is_temp = entry.name.startswith(TEMP_PREFIX)
+            if is_temp != want_temp:
+                continue
+            if not want_temp and not entry.name.endswith(MODEL_SUFFIXES):
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            yield StoredFile(entry.name, st.st_size, st.st_mtime)
+
+    def iter_files(self) -> Iterator[StoredFile]:
+        return self._scan(want_temp=False)
+
+    def iter_temp_files(self) -> Iterator[StoredFile]:
+        return self._scan(want_temp=True)
+
+    def check_writable(self) -> None:
+        if not self.root.is_dir():
+            raise ModelStoreError(f"models directory {self.root} does not exist")
+        try:
+            fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".probe", dir=self.root)
+        except OSError as exc:
+            raise ModelStoreError(f"models directory {self.root} is not writable: {exc.strerror}") from exc
+        os.close(fd)
+        os.unlink(name)
+
+    def disk_usage(self) -> dict[str, float]:
+        usage = shutil.disk_usage(self.root)
+        gib = 1024 ** 3
+        return {
+            "total_gb": round(usage.total / gib, 2),
+            "used_gb": round(usage.used / gib, 2),
+            "free_gb": round(usage.free / gib, 2),
+            "percent": round(100.0 * usage.used / usage.total, 1) if usage.total else 0.0,
+        }
+
+    # -- cross-process signal ------------------------------------------------
+    def touch_marker(self, name: str) -> None:
+        """Atomically replace a small marker file (used to signal activations)."""
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".marker", dir=self.root)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{time.time_ns()}\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, self.root / name)
+
+    def marker_token(self, name: str) -> tuple[int, int] | None:
+        """Cheap identity of a marker file (inode, mtime): changes on every touch."""
+        try:
+            st = os.stat(self.root / name)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns)
+
+
+STORE_SCHEMES: dict[str, type[ModelStore]] = {"": LocalModelStore, "file": LocalModelStore}
+
+
+def open_store(location: str) -> ModelStore:
+    """The store for ``location``: a plain path or ``file://`` URL is local."""
+    parsed = urlparse(location)
+    scheme = parsed.scheme.lower()
+    if len(scheme) == 1:  # a Windows drive letter, not a scheme
+        scheme = ""
+    try:
+        cls = STORE_SCHEMES[scheme]
+    except KeyError:
+        raise ValueError(
+            f"ML_MODELS_DIR={location!r}: unsupported store scheme {scheme!r} (supported: a path or file://)"
+        ) from None
+    if scheme == "file":
+        return cls(parsed.path)
+    return cls(location)

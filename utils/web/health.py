@@ -1,0 +1,54 @@
+"""Liveness (``/health``) and readiness (``/ready``) probes."""
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Flask, current_app, jsonify
+from sqlalchemy import text
+
+from utils.extensions import db
+from utils.ml.storage import ModelStoreError, open_store
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/health")
+def health():
+    """The process is up; it touches nothing else."""
+    return jsonify({"status": "ok"})
+
+
+def readiness_checks() -> dict[str, dict]:
+    """Run each readiness check; every entry has ``ok`` and, when failing, ``error``."""
+    checks: dict[str, dict] = {}
+    started = time.perf_counter()
+    try:
+        db.session.execute(text("SELECT 1"))
+        db.session.rollback()
+        checks["database"] = {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 2)}
+    except Exception as exc:  # any driver error means "not ready"
+        db.session.rollback()
+        checks["database"] = {"ok": False, "error": f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"}
+    try:
+        open_store(current_app.config["ML_MODELS_DIR"]).check_writable()
+        checks["models_dir"] = {"ok": True, "path": current_app.config["ML_MODELS_DIR"]}
+    except (OSError, ModelStoreError, ValueError) as exc:
+        checks["models_dir"] = {"ok": False, "error": str(exc), "path": current_app.config["ML_MODELS_DIR"]}
+    return checks
+
+
+@bp.get("/ready")
+def ready():
+    """200 when the database answers and the models directory is writable, else 503."""
+    checks = readiness_checks()
+    failed = [name for name, check in checks.items() if not check["ok"]]
+    body = {"status": "ready" if not failed else "not ready", "checks": checks}
+    if failed:
+        body["failed"] = failed
+        body["error"] = "not ready: " + ", ".join(f"{name} ({checks[name]['error']})" for name in failed)
+        return jsonify(body), 503
+    return jsonify(body), 200
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
