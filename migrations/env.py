@@ -5,6 +5,8 @@ from flask import current_app
 
 from alembic import context
 
+from utils.migration_lock import migration_lock
+
 # this is the Alembic Config object, which provides
 # access to the values within the .ini file in use.
 config = context.config
@@ -95,7 +97,9 @@ def run_migrations_online():
 
     connectable = get_engine()
 
-    with connectable.connect() as connection:
+    # App and scheduler containers may both upgrade at start: on PostgreSQL
+    # an advisory lock makes the second wait, then find nothing to do.
+    with connectable.connect() as connection, migration_lock(connection):
         context.configure(
             connection=connection,
             target_metadata=get_metadata(),
