@@ -243,7 +243,9 @@ def test_compose_services_meet_the_deploy_requirements(rendered):
     assert scheduler["command"] == ["flask", "ml", "scheduler"]
     assert app.get("command") is None  # the entrypoint's default: gunicorn
     assert [p["target"] for p in app["ports"]] == [5000] and app["ports"][0]["published"]
-    assert not scheduler.get("ports") and not scheduler.get("expose")
+    # Nothing published to the host; only the metrics port is reachable on the compose network.
+    assert not scheduler.get("ports")
+    assert scheduler.get("expose") == ["9100"] and scheduler["environment"]["ML_METRICS_PORT"] == "9100"
 
     # The models volume is one named volume, shared by app and scheduler at /app/ml_models.
     assert "ml_models" in volumes

@@ -1,5 +1,179 @@
-"""Placeholder until its component lands."""
+"""The monitoring dashboard at ``/ml/dashboard``: server-rendered HTML.
+
+Sign-in is with the admin token (``ML_ADMIN_TOKEN``, compared in constant
+time by :func:`utils.web.auth.token_matches`), kept in Flask's signed session
+cookie (HttpOnly, SameSite=Lax).  The session remembers a fingerprint of the
+token, so rotating ``ML_ADMIN_TOKEN`` signs everybody out.
+
+Every form (sign-in included) carries a CSRF token: one random value per
+session, compared in constant time; a POST without the right one is refused
+with 403 and changes nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import Any, Optional
+
+from flask import (
+    Blueprint,
+    Flask,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from werkzeug.wrappers import Response
+
+from utils.extensions import db
+from utils.ml.model_manager import ModelManagerError, get_model_manager
+from utils.models import MLModel
+from utils.web import dashboard_data, svg_charts
+from utils.web.auth import NOT_CONFIGURED, token_matches
+
+bp = Blueprint("dashboard", __name__, url_prefix="/ml/dashboard")
+
+SESSION_ADMIN = "ml_admin"
+SESSION_CSRF = "ml_csrf"
+CSRF_FIELD = "csrf_token"
+ACTOR = "dashboard"
+MAX_REASON = 200
 
 
-def init_app(app):
+def _token_fingerprint(token: str) -> str:
+    """A keyed hash of the admin token: the cookie never carries the token itself."""
+    key = str(current_app.secret_key or "").encode()
+    return hmac.new(key, b"ml-dashboard:" + token.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
+
+def signed_in() -> bool:
+    """True when this session signed in with the token that is configured now."""
+    configured = current_app.config.get("ML_ADMIN_TOKEN")
+    remembered = session.get(SESSION_ADMIN)
+    if not configured or not isinstance(remembered, str):
+        return False
+    return hmac.compare_digest(remembered, _token_fingerprint(configured))
+
+
+def csrf_token() -> str:
+    """This session's CSRF token, created on first use."""
+    token = session.get(SESSION_CSRF)
+    if not isinstance(token, str) or len(token) < 32:
+        token = secrets.token_urlsafe(32)
+        session[SESSION_CSRF] = token
+    return token
+
+
+def csrf_ok() -> bool:
+    expected = session.get(SESSION_CSRF)
+    sent = request.form.get(CSRF_FIELD)
+    if not isinstance(expected, str) or not sent:
+        return False
+    return hmac.compare_digest(sent.encode("utf-8", "surrogatepass"), expected.encode())
+
+
+def _refuse(status: int, title: str, message: str) -> tuple[str, int]:
+    return render_template("dashboard/error.html", title=title, message=message), status
+
+
+@bp.before_request
+def _guard() -> Optional[Any]:
+    """CSRF on every POST, then sign-in on everything but the sign-in page."""
+    if request.method == "POST" and not csrf_ok():
+        return _refuse(403, "Form expired",
+                       "The form's CSRF token is missing or wrong (field csrf_token); nothing was changed. "
+                       "Reload the page and try again.")
+    if request.endpoint == "dashboard.login":
+        return None
+    if not signed_in():
+        if request.method == "GET":
+            return redirect(url_for("dashboard.login", next=request.path))
+        return _refuse(401, "Sign-in required", "Sign in with the admin token first; nothing was changed.")
     return None
+
+
+@bp.app_context_processor
+def _template_helpers() -> dict[str, Any]:
+    return {"csrf_token": csrf_token, "csrf_field": CSRF_FIELD}
+
+
+def _safe_next(target: Optional[str]) -> str:
+    # Only paths inside the dashboard: never an open redirect.
+    if target and target.startswith(bp.url_prefix) and "//" not in target and "\\" not in target:
+        return target
+    return url_for("dashboard.index")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    """The sign-in form; POST checks the admin token."""
+    configured = current_app.config.get("ML_ADMIN_TOKEN")
+    if not configured:
+        return render_template("dashboard/login.html", error=NOT_CONFIGURED, disabled=True), 503
+    if request.method == "GET":
+        if signed_in():
+            return redirect(_safe_next(request.args.get("next")))
+        return render_template("dashboard/login.html", next=request.args.get("next", ""))
+    if not token_matches(request.form.get("token", ""), configured):
+        return render_template("dashboard/login.html", error="Wrong admin token.",
+                               next=request.form.get("next", "")), 401
+    # A fresh session on sign-in (new CSRF token): nothing from before carries over.
+    session.clear()
+    session.permanent = True
+    session[SESSION_ADMIN] = _token_fingerprint(configured)
+    csrf_token()
+    return redirect(_safe_next(request.form.get("next")))
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    session.clear()
+    flash("Signed out.")
+    return redirect(url_for("dashboard.login"))
+
+
+@bp.get("/")
+@bp.get("")
+def index() -> str:
+    """Everything at a glance."""
+    groups = dashboard_data.model_groups()
+    alerts = dashboard_data.alerts_per_day()
+    latency, fallback_rate, load_totals = dashboard_data.load_history()
+    charts = {
+        "alerts": svg_charts.stacked_bars(alerts.categories, alerts.series, "Alerts per day per metric type",
+                                          empty="No alerts in the last 14 days"),
+        "latency": svg_charts.lines(latency.categories, latency.series, "Model load latency (ms)",
+                                    y_label=lambda v: f"{v:.3g} ms", empty="No model loads recorded yet"),
+        "fallback": svg_charts.lines(fallback_rate.categories, fallback_rate.series, "Fallback rate (%)",
+                                     y_label=lambda v: f"{v:.0f}%", y_max=100.0,
+                                     empty="No model loads recorded yet"),
+    }
+    return render_template(
+        "dashboard/index.html", groups=groups, charts=charts, load_totals=load_totals,
+        store=dashboard_data.store_usage(), jobs=dashboard_data.last_job_runs(),
+    )
+
+
+@bp.post("/models/<int:model_id>/activate")
+def activate(model_id: int) -> Any:
+    """Make a kept version the active one (promotion or rollback), audited as ``dashboard``."""
+    reason = (request.form.get("reason") or "").strip() or "activated from the dashboard"
+    if len(reason) > MAX_REASON:
+        return _refuse(400, "Reason too long", f"reason: at most {MAX_REASON} characters; nothing was changed.")
+    if db.session.get(MLModel, model_id) is None:
+        return _refuse(404, "Not activated", f"model {model_id} does not exist; nothing was changed.")
+    try:
+        result = get_model_manager().activate_model(model_id, actor=ACTOR, reason=reason)
+    except ModelManagerError as exc:  # unreadable or mismatching file, ...: nothing changed
+        return _refuse(409, "Not activated", str(exc))
+    flash(f"Model {model_id} is now the active {result['model_type']}/{result['metric_type']} "
+          f"(was {result['from_model_id'] or 'none'}).")
+    return redirect(url_for("dashboard.index") + f"#type-{result['model_type']}-{result['metric_type']}")
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
