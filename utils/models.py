@@ -92,6 +92,8 @@ class MLMetric(db.Model):
     __table_args__ = (
         Index("idx_ml_metrics_type_time", "metric_type", "timestamp"),
         Index("idx_ml_metrics_type_entity_time", "metric_type", "entity_id", "timestamp"),
+        # Scans page through one metric type by id (migration 0005).
+        Index("idx_ml_metrics_type_id", "metric_type", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -1,0 +1,116 @@
+"""The quick start (``make run`` -> ``scripts/quickstart.sh``) from a fresh copy of the tree.
+
+The copy has the project's files but no ``instance/`` and no model files; it
+reuses this checkout's ``.venv`` (``make setup`` is what builds that, and
+installing from scratch is verified by hand, see the README).  The script
+must migrate an SQLite database under ``instance/``, generate the demo data,
+train, scan, print the admin token it generated, and serve with gunicorn on
+127.0.0.1 with the scheduler on.  SQLite only: that is what the quick start
+uses.  A free port is passed through ``PORT``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+COPY_SKIP = {".venv", "instance", ".pytest_cache", "__pycache__", "test-artifacts", ".git"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """Files only (no git state, no local database, no model files)."""
+    for path in source.rglob("*"):
+        relative = path.relative_to(source)
+        if COPY_SKIP & set(relative.parts) or path.is_dir():
+            continue
+        if relative.parts[0] == "ml_models" and path.name not in (".gitkeep", "README.md"):
+            continue
+        if relative.parts[0] == "bench" and "results" in relative.parts:
+            continue
+        destination = target / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes(path.read_bytes())
+        destination.chmod(path.stat().st_mode & 0o777)
+
+
+@pytest.fixture
+def fresh_tree(tmp_path) -> Path:
+    tree = tmp_path / "minibar"
+    _copy_tree(ROOT, tree)
+    (tree / ".venv").symlink_to(ROOT / ".venv")
+    return tree
+
+
+def test_quickstart_serves_a_trained_system(fresh_tree):
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("ML_", "DATABASE_URL", "GUNICORN_", "FLASK_", "PROMETHEUS_"))}
+    env.update(PORT=str(port), GUNICORN_WORKERS="2")
+    out_path = fresh_tree.parent / "quickstart.out"
+    with out_path.open("wb") as out:
+        process = subprocess.Popen(["bash", "scripts/quickstart.sh"], cwd=fresh_tree, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 150
+        ready = None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                ready = requests.get(f"{base}/ready", timeout=5)
+                if ready.status_code == 200:
+                    break
+            except requests.RequestException:  # not listening yet, or workers still booting
+                pass
+            time.sleep(0.5)
+        output = out_path.read_text(errors="replace")
+        assert ready is not None and ready.status_code == 200, output[-3000:]
+        assert requests.get(f"{base}/health", timeout=5).json() == {"status": "ok"}
+
+        # The token it generated is saved under instance/ and printed, and it works.
+        token = (fresh_tree / "instance" / "admin_token").read_text().strip()
+        assert len(token) >= 32 and token in output
+        assert (fresh_tree / "instance" / "admin_token").stat().st_mode & 0o077 == 0
+        alerts = requests.get(f"{base}/api/ml/alerts", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert alerts.status_code == 200 and alerts.json()["total"] > 0
+
+        # What it did, from the SQLite database it created under instance/.
+        database = fresh_tree / "instance" / "ml.sqlite3"
+        with sqlite3.connect(database) as conn:
+            observations = conn.execute("SELECT count(*) FROM ml_metrics WHERE metric_type != 'model_load_time'") \
+                .fetchone()[0]
+            active = conn.execute("SELECT metric_type FROM ml_models WHERE is_active").fetchall()
+            alert_count = conn.execute("SELECT count(*) FROM ml_alerts").fetchone()[0]
+            methods = {m for (m,) in conn.execute("SELECT DISTINCT method FROM ml_alerts")}
+        assert observations > 15000
+        assert sorted(m for (m,) in active) == ["dolum_sure", "stok_seviye", "tuketim_miktar"]
+        assert alert_count == alerts.json()["total"] and methods == {"isolation_forest_file"}
+        assert len(list((fresh_tree / "ml_models").glob("isolation_forest_*.pkl"))) == 3
+        for heading in ("flask db upgrade", "flask ml train", "flask ml scan", f"serving on {base}",
+                        "/ml/dashboard", "/api/ml/"):
+            assert heading in output
+        assert re.search(r"Scanned \d+ observations, \d+ new alerts", output)
+        # Bound to loopback only, as printed.
+        assert f"Listening at: http://127.0.0.1:{port}" in output
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)

@@ -1,0 +1,322 @@
+"""Observations: validating and writing what the hotel app measures.
+
+An observation is one ``ml_metrics`` row: ``metric_type``, ``entity_id``,
+``metric_value``, ``timestamp`` and ``extra_data``.  Every way in (the REST
+API, ``flask ml import-metrics``, the demo data) goes through this module:
+
+* :class:`ObservationIn` is the one definition of a valid observation;
+* :func:`ingest_observations` validates *every* item before writing any, so a
+  bad batch changes nothing, and raises :class:`ObservationValidationError`
+  whose ``errors`` name the item, the field and the rule;
+* :func:`import_csv` does the same for a CSV file, naming line and column;
+* :func:`bulk_insert` is the fast Core ``INSERT`` of many rows used by all three.
+
+The ML subsystem writes its own figures to the same table (for instance
+``model_load_time``); those metric types are listed in
+:data:`INTERNAL_METRIC_TYPES`, refused from outside, and never trained on or
+scanned.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from utils.extensions import db
+from utils.models import METRIC_TYPE_PATTERN, MLMetric
+
+# Metric types the ML subsystem writes about itself.  The one place they are
+# listed: training, scans and ingestion all consult it.
+MODEL_LOAD_TIME = "model_load_time"
+INTERNAL_METRIC_TYPES: frozenset[str] = frozenset({MODEL_LOAD_TIME})
+
+# The minibar metric types of the contract (any other valid name is accepted too).
+STOK_SEVIYE = "stok_seviye"
+TUKETIM_MIKTAR = "tuketim_miktar"
+DOLUM_SURE = "dolum_sure"
+
+CSV_COLUMNS = ("metric_type", "entity_id", "metric_value", "timestamp", "extra_data")
+_REQUIRED_CSV_COLUMNS = ("metric_type", "metric_value", "timestamp")
+# Rows per INSERT statement: large enough to be fast, small enough to keep the
+# statement (and its parameters) modest in memory.
+INSERT_CHUNK = 5000
+_METRIC_TYPE_RE = re.compile(METRIC_TYPE_PATTERN)
+# PostgreSQL INTEGER: an entity id beyond it would fail at insert, not at validation.
+_MAX_ENTITY_ID = 2**31 - 1
+
+
+class ObservationValidationError(ValueError):
+    """Some items were invalid; nothing was written.
+
+    ``errors`` is a list of dicts: ``{"index", "field", "rule"}`` for
+    :func:`ingest_observations`, ``{"line", "column", "rule"}`` for
+    :func:`import_csv`.
+    """
+
+    def __init__(self, errors: list[dict[str, Any]], message: Optional[str] = None) -> None:
+        self.errors = errors
+        if message is None:
+            first = errors[0] if errors else {}
+            where = (f"line {first['line']}, column {first.get('column')}" if "line" in first
+                     else f"item {first.get('index')}, field {first.get('field')}")
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            message = f"{where}: {first.get('rule')}{more}"
+        super().__init__(message)
+
+
+class ObservationIn(BaseModel):
+    """One observation as the hotel app sends it.
+
+    ``timestamp`` is ISO 8601; a value without a time zone is taken as UTC.
+    """
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    metric_type: str = Field(pattern=METRIC_TYPE_PATTERN, description="e.g. stok_seviye, tuketim_miktar, dolum_sure")
+    entity_id: Optional[int] = Field(default=None, ge=0, le=_MAX_ENTITY_ID,
+                                     description="product, room or attendant id")
+    metric_value: float = Field(allow_inf_nan=False)
+    timestamp: datetime
+    extra_data: Optional[dict[str, Any]] = None
+
+    @field_validator("metric_type")
+    @classmethod
+    def _not_internal(cls, value: str) -> str:
+        if value in INTERNAL_METRIC_TYPES:
+            raise ValueError(f"{value!r} is reserved for the ML subsystem's own figures")
+        return value
+
+    @field_validator("entity_id", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        # Refuse 1.5 and True rather than silently truncating or coercing them.
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError("must be a whole number")
+        return value
+
+    @field_validator("metric_value", mode="before")
+    @classmethod
+    def _number_not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not a boolean")
+        return value
+
+    @field_validator("timestamp")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+    @field_validator("extra_data")
+    @classmethod
+    def _json_serialisable(cls, value: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        if value is None:
+            return None
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"must be JSON-serialisable without NaN/Infinity ({exc})") from None
+        return value
+
+    def to_row(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+def check_observed_metric_type(metric_type: Any, never: str) -> str:
+    """``metric_type`` if it names observations: a valid name, not an internal figure.
+
+    Raises ValueError naming the field and the rule; ``never`` completes
+    "an internal figure, never ..." (trained on, scanned).
+    """
+    if not isinstance(metric_type, str) or not _METRIC_TYPE_RE.fullmatch(metric_type):
+        raise ValueError(f"metric_type: must match {METRIC_TYPE_PATTERN} (got {metric_type!r})")
+    if metric_type in INTERNAL_METRIC_TYPES:
+        raise ValueError(f"metric_type: {metric_type!r} is an internal figure, never {never}")
+    return metric_type
+
+
+def _rule(error: Mapping[str, Any]) -> str:
+    """A readable rule from one pydantic error (without pydantic's prefixes)."""
+    message = str(error.get("msg", "invalid"))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            message = message[len(prefix):]
+    if error.get("type") == "string_pattern_mismatch":
+        message = f"must match {METRIC_TYPE_PATTERN}"
+    elif error.get("type") == "extra_forbidden":
+        message = f"unknown field (allowed: {', '.join(CSV_COLUMNS)})"
+    return message
+
+
+def _field(error: Mapping[str, Any]) -> str:
+    loc = error.get("loc") or ()
+    return ".".join(str(part) for part in loc) or "item"
+
+
+def validate_observations(items: Sequence[Any], *, max_items: int = 10000) -> list[ObservationIn]:
+    """Validate every item; raise :class:`ObservationValidationError` listing all problems."""
+    if not isinstance(items, (list, tuple)):
+        raise ObservationValidationError([{"index": None, "field": "items", "rule": "must be a list of observations"}])
+    if len(items) == 0:
+        raise ObservationValidationError([{"index": None, "field": "items", "rule": "must not be empty"}])
+    if len(items) > max_items:
+        raise ObservationValidationError(
+            [{"index": None, "field": "items", "rule": f"at most {max_items} observations per request (got {len(items)})"}]
+        )
+    valid: list[ObservationIn] = []
+    errors: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            errors.append({"index": index, "field": "item", "rule": "must be an object"})
+            continue
+        try:
+            valid.append(ObservationIn.model_validate(dict(item)))
+        except ValidationError as exc:
+            errors.extend({"index": index, "field": _field(e), "rule": _rule(e)} for e in exc.errors())
+    if errors:
+        raise ObservationValidationError(errors)
+    return valid
+
+
+def bulk_insert(rows: Iterable[Mapping[str, Any]], *, chunk: int = INSERT_CHUNK, commit: bool = True) -> int:
+    """Insert already-valid observation rows with Core ``INSERT`` statements, in chunks.
+
+    One transaction for everything (committed at the end unless ``commit`` is
+    false): a failure part-way leaves nothing behind.  Returns the row count.
+    """
+    table = MLMetric.__table__
+    session = db.session
+    count = 0
+    batch: list[Mapping[str, Any]] = []
+    try:
+        for row in rows:
+            batch.append(row)
+            if len(batch) >= chunk:
+                session.execute(table.insert(), batch)
+                count += len(batch)
+                batch = []
+        if batch:
+            session.execute(table.insert(), batch)
+            count += len(batch)
+        if commit:
+            session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return count
+
+
+def ingest_observations(items: list[dict[str, Any]], *, max_items: int = 10000) -> int:
+    """Validate all ``items``, then write them in one transaction; return how many were written.
+
+    Raises :class:`ObservationValidationError` (``errors``: index, field, rule)
+    without writing anything if any item is invalid.
+    """
+    valid = validate_observations(items, max_items=max_items)
+    return bulk_insert(obs.to_row() for obs in valid)
+
+
+def _csv_value(column: str, raw: Optional[str]) -> Any:
+    """Turn a CSV cell into what :class:`ObservationIn` validates; raise ValueError with the rule."""
+    text = (raw or "").strip()
+    if column == "entity_id":
+        if text == "":
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"must be a whole number >= 0 or empty (got {text!r})") from None
+    if column == "metric_value":
+        if text == "":
+            raise ValueError("is required")
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"must be a number (got {text!r})") from None
+        if not math.isfinite(number):
+            raise ValueError(f"must be a finite number (got {text!r})")
+        return number
+    if column == "extra_data":
+        if text == "":
+            return None
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"must be a JSON object ({exc.msg})") from None
+        if not isinstance(value, dict):
+            raise ValueError("must be a JSON object")
+        return value
+    if text == "" and column in _REQUIRED_CSV_COLUMNS:
+        raise ValueError("is required")
+    return text
+
+
+def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Optional[str]]]]:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        missing = [c for c in _REQUIRED_CSV_COLUMNS if c not in header]
+        unknown = [c for c in header if c not in CSV_COLUMNS]
+        if missing or unknown:
+            errors = [{"line": 1, "column": c, "rule": "required column is missing from the header"} for c in missing]
+            errors += [{"line": 1, "column": c, "rule": f"unknown column (allowed: {', '.join(CSV_COLUMNS)})"}
+                       for c in unknown]
+            raise ObservationValidationError(errors)
+        for record in reader:
+            # line_num is the physical line of the record's end, right for one-line records.
+            yield reader.line_num, record
+
+
+def import_csv(path: str | Path, *, max_errors: int = 100) -> int:
+    """Import observations from a CSV file with a header row; return how many were written.
+
+    Columns: ``metric_type, entity_id, metric_value, timestamp[, extra_data]``
+    (``extra_data`` a JSON object).  Every row is validated first; if any is
+    bad, :class:`ObservationValidationError` lists up to ``max_errors``
+    problems as ``{"line", "column", "rule"}`` and nothing is written.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ObservationValidationError([{"line": None, "column": None, "rule": f"file {str(path)!r} does not exist"}],
+                                         message=f"{path}: no such file")
+    rows: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    try:
+        for line, record in _read_csv(path):
+            if None in record:  # DictReader files surplus cells under the key None
+                errors.append({"line": line, "column": None, "rule": "more cells than header columns"})
+                continue
+            parsed: dict[str, Any] = {}
+            row_ok = True
+            for column in CSV_COLUMNS:
+                if column not in record:
+                    continue
+                try:
+                    parsed[column] = _csv_value(column, record[column])
+                except ValueError as exc:
+                    errors.append({"line": line, "column": column, "rule": str(exc)})
+                    row_ok = False
+            if row_ok:
+                try:
+                    rows.append(ObservationIn.model_validate(parsed).to_row())
+                except ValidationError as exc:
+                    errors.extend({"line": line, "column": _field(e), "rule": _rule(e)} for e in exc.errors())
+            if len(errors) >= max_errors:
+                break
+    except UnicodeDecodeError as exc:
+        raise ObservationValidationError([{"line": None, "column": None, "rule": f"file is not UTF-8 ({exc.reason})"}])
+    except csv.Error as exc:
+        raise ObservationValidationError([{"line": None, "column": None, "rule": f"not a valid CSV file ({exc})"}])
+    if errors:
+        raise ObservationValidationError(errors[:max_errors])
+    if not rows:
+        raise ObservationValidationError([{"line": None, "column": None, "rule": "the file has no data rows"}],
+                                         message=f"{path}: the file has no data rows")
+    return bulk_insert(rows)

@@ -1,0 +1,284 @@
+"""Scans: score the observations that arrived since the last scan and record alerts.
+
+``run_scan(metric_type=None)`` — for each metric type with new observations
+(internal figures excluded):
+
+* the new rows are those with ``id`` above the metric type's watermark in
+  ``ml_scan_watermarks`` and at most the largest id seen when the scan
+  started (rows arriving meanwhile wait for the next scan);
+* they are read and scored in batches of ``ML_SCAN_BATCH_SIZE`` with one
+  :class:`~utils.ml.anomaly_detector.DetectorChain` (the model is loaded
+  once per metric type, features are computed for the whole batch at once);
+* each batch is one transaction: lock the watermark row (``UPDATE ...
+  RETURNING``, which also takes SQLite's write lock), read the batch from the
+  locked watermark, insert one ``ml_alerts`` row per anomaly with ``INSERT ...
+  ON CONFLICT (observation_id) DO NOTHING``, advance the watermark, commit.
+  A crash loses at most the uncommitted batch, which the next scan redoes;
+  two scans running at once serialise on the watermark row, and even a
+  duplicate attempt cannot create a second alert for an observation: the
+  unique constraint refuses it and the conflict is skipped;
+* finally one ``ml_metrics`` row records how the detector was obtained:
+  ``metric_type='model_load_time'``, ``entity_id`` = model id,
+  ``metric_value`` = load milliseconds, ``extra_data`` = model_type,
+  metric_type, source, method, fallback_reasons.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Optional
+
+import numpy as np
+from flask import current_app, has_app_context
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from utils.extensions import db
+from utils.ml import events
+from utils.ml.anomaly_detector import (
+    MODEL_TYPE,
+    AnomalyDetector,
+    DetectorChain,
+    ObservationBatch,
+    Scores,
+    load_reference_values,
+)
+from utils.ml.observations import INTERNAL_METRIC_TYPES, MODEL_LOAD_TIME, check_observed_metric_type
+from utils.models import MLAlert, MLMetric, ScanWatermark
+from utils.time import utcnow
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["INTERNAL_METRIC_TYPES", "run_scan", "scan_metric_type", "pending_metric_types", "insert_alerts"]
+
+DEFAULT_BATCH_SIZE = 20000
+
+
+def _dialect_insert(table: Any):
+    """``INSERT`` construct of the session's dialect (both have ``on_conflict_do_nothing``)."""
+    name = db.session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise RuntimeError(f"unsupported database dialect {name!r}: PostgreSQL or SQLite expected")
+
+
+def pending_metric_types() -> list[str]:
+    """Metric types with observations above their watermark (internal figures excluded)."""
+    watermarks = ScanWatermark.__table__
+    metrics = MLMetric.__table__
+    rows = db.session.execute(
+        select(metrics.c.metric_type)
+        .select_from(metrics.outerjoin(watermarks, watermarks.c.metric_type == metrics.c.metric_type))
+        .where(
+            metrics.c.id > func.coalesce(watermarks.c.last_observation_id, 0),
+            metrics.c.metric_type.not_in(INTERNAL_METRIC_TYPES),
+        )
+        .group_by(metrics.c.metric_type)
+        .order_by(metrics.c.metric_type)
+    ).scalars().all()
+    return list(rows)
+
+
+def _ensure_watermark(metric_type: str) -> None:
+    stmt = _dialect_insert(ScanWatermark.__table__).values(
+        metric_type=metric_type, last_observation_id=0, updated_at=utcnow()
+    ).on_conflict_do_nothing(index_elements=["metric_type"])
+    db.session.execute(stmt)
+    db.session.commit()
+
+
+def _lock_watermark(metric_type: str) -> int:
+    """Lock the metric type's watermark row until commit and return it."""
+    return db.session.execute(
+        update(ScanWatermark).where(ScanWatermark.metric_type == metric_type)
+        .values(updated_at=utcnow()).returning(ScanWatermark.last_observation_id)
+        .execution_options(synchronize_session=False)
+    ).scalar_one()
+
+
+_BATCH_SQL = ("SELECT id, entity_id, metric_value FROM ml_metrics "
+              "WHERE metric_type = {p} AND id > {p} AND id <= {p} ORDER BY id LIMIT {p}")
+
+
+def _fetch_batch(metric_type: str, after: int, upto: int, limit: int) -> ObservationBatch:
+    """The next batch, read through the DBAPI cursor of the session's connection (same transaction).
+
+    Plain tuples straight into one numpy conversion: building a SQLAlchemy
+    Row per observation cost four times the query itself on a million rows.
+    """
+    connection = db.session.connection()
+    placeholder = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    cursor = connection.connection.dbapi_connection.cursor()
+    try:
+        cursor.execute(_BATCH_SQL.format(p=placeholder), (metric_type, after, upto, limit))
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
+    # None -> NaN in the same C-level pass; float64 holds ids exactly up to 2**53.
+    table = np.array(rows, dtype=float).reshape(-1, 3)
+    return ObservationBatch.from_arrays(table[:, 2], table[:, 1], table[:, 0].astype(np.int64))
+
+
+def _alert_rows(metric_type: str, batch: ObservationBatch, scores: Scores, chain: DetectorChain) -> list[dict]:
+    detected_at = utcnow()
+    rows = []
+    for i in np.flatnonzero(scores.is_anomaly):
+        value = float(batch.values[i])
+        entity = None if np.isnan(batch.entity_ids[i]) else int(batch.entity_ids[i])
+        expected = None if scores.expected is None else float(scores.expected[i])
+        deviation = None
+        if expected is not None and expected != 0:
+            deviation = round((value - expected) / abs(expected) * 100.0, 2)
+        who = f"entity {entity}" if entity is not None else "no entity"
+        versus = f", expected about {expected:.4g}" if expected is not None else ""
+        rows.append({
+            "alert_type": "anomaly",
+            "metric_type": metric_type,
+            "entity_id": entity,
+            "metric_value": value,
+            "expected_value": expected,
+            "deviation_percent": deviation,
+            "severity": scores.severity[i],
+            "message": (f"{metric_type} {who}: {value:.4g}{versus} "
+                        f"(score {float(scores.score[i]):.3f}, {chain.method})"),
+            "is_read": False,
+            "is_false_positive": False,
+            "detected_at": detected_at,
+            "anomaly_score": float(scores.score[i]),
+            "method": chain.method,
+            "model_id": chain.model_id,
+            "observation_id": int(batch.observation_ids[i]),
+        })
+    return rows
+
+
+def insert_alerts(rows: list[dict[str, Any]]) -> int:
+    """Insert alert rows, skipping any whose observation already has one; return how many were new.
+
+    ``ON CONFLICT (observation_id) DO NOTHING``: the unique constraint, not a
+    prior check, decides — so concurrent or repeated scans cannot duplicate.
+    """
+    if not rows:
+        return 0
+    stmt = _dialect_insert(MLAlert.__table__).on_conflict_do_nothing(
+        index_elements=["observation_id"]
+    ).returning(MLAlert.__table__.c.id)
+    return len(db.session.execute(stmt, rows).all())
+
+
+def _record_load_time(chain: DetectorChain, metric_type: str) -> None:
+    db.session.execute(MLMetric.__table__.insert().values(
+        metric_type=MODEL_LOAD_TIME,
+        entity_id=chain.model_id,
+        metric_value=round(chain.load_ms, 3),
+        timestamp=utcnow(),
+        extra_data={
+            "model_type": MODEL_TYPE,
+            "metric_type": metric_type,
+            "source": chain.source,
+            "method": chain.method,
+            "fallback_reasons": list(chain.fallback_reasons),
+        },
+    ))
+    db.session.commit()
+
+
+def scan_metric_type(metric_type: str, *, batch_size: Optional[int] = None,
+                     detector: Optional[AnomalyDetector] = None) -> dict[str, Any]:
+    """Scan one metric type's new observations (see the module docstring); return its summary."""
+    check_observed_metric_type(metric_type, "scanned")
+    started = time.perf_counter()
+    if batch_size is None:
+        batch_size = int(current_app.config.get("ML_SCAN_BATCH_SIZE", DEFAULT_BATCH_SIZE)) if has_app_context() \
+            else DEFAULT_BATCH_SIZE
+    detector = detector or AnomalyDetector(db)
+    summary: dict[str, Any] = {"metric_type": metric_type, "scanned": 0, "alerts": 0, "duplicates_ignored": 0,
+                               "batches": 0, "method": None, "model_id": None, "source": None, "load_ms": None,
+                               "fallback_reasons": [], "watermark": None, "seconds": None}
+    _ensure_watermark(metric_type)
+    upper = db.session.execute(select(func.max(MLMetric.id)).where(MLMetric.metric_type == metric_type)).scalar()
+    summary["watermark"] = db.session.execute(
+        select(ScanWatermark.last_observation_id).where(ScanWatermark.metric_type == metric_type)
+    ).scalar_one()
+    chain = detector.chain(metric_type, reference_loader=lambda: load_reference_values(metric_type))
+    if upper is not None and summary["watermark"] < upper:
+        chain.ensure_loaded()  # once per metric type, before any lock is taken
+    db.session.rollback()
+    try:
+        while upper is not None and summary["watermark"] < upper:
+            watermark = _lock_watermark(metric_type)  # re-read under the lock: another scan may have moved it
+            summary["watermark"] = watermark
+            if watermark >= upper:
+                db.session.rollback()
+                break
+            batch = _fetch_batch(metric_type, watermark, upper, batch_size)
+            if len(batch) == 0:
+                db.session.rollback()
+                break
+            scores = chain.score(batch)
+            rows = _alert_rows(metric_type, batch, scores, chain)
+            inserted = insert_alerts(rows)
+            new_watermark = int(batch.observation_ids[-1])
+            db.session.execute(
+                update(ScanWatermark).where(ScanWatermark.metric_type == metric_type)
+                .values(last_observation_id=new_watermark, updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            db.session.commit()
+            summary["batches"] += 1
+            summary["scanned"] += len(batch)
+            summary["alerts"] += inserted
+            summary["duplicates_ignored"] += len(rows) - inserted
+            summary["watermark"] = new_watermark
+            if inserted:
+                events.emit("alerts_raised", f"{inserted} alerts for {metric_type} ({chain.method})",
+                            metric_type=metric_type, method=chain.method, count=inserted, model_id=chain.model_id)
+    except BaseException:
+        db.session.rollback()
+        raise
+    if summary["batches"]:
+        summary.update(method=chain.method, model_id=chain.model_id, source=chain.source,
+                       load_ms=round(chain.load_ms, 3), fallback_reasons=list(chain.fallback_reasons))
+        _record_load_time(chain, metric_type)
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def run_scan(metric_type: Optional[str] = None) -> dict[str, Any]:
+    """Scan ``metric_type`` (or every metric type with new observations); return the summary.
+
+    ``{"metric_types": {name: {scanned, alerts, duplicates_ignored, method,
+    model_id, source, load_ms, fallback_reasons, watermark, seconds}},
+    "scanned", "alerts", "seconds"}``.  A metric type that fails is reported
+    with ``error`` and does not stop the others.
+    """
+    started = time.perf_counter()
+    if metric_type is not None:
+        types = [check_observed_metric_type(metric_type, "scanned")]
+    else:
+        types = pending_metric_types()
+        db.session.rollback()
+    detector = AnomalyDetector(db)
+    per_type: dict[str, Any] = {}
+    errors = 0
+    for name in types:
+        try:
+            per_type[name] = scan_metric_type(name, detector=detector)
+        except Exception as exc:  # one metric type must not stop the others
+            errors += 1
+            logger.exception("scan of %s failed", name)
+            events.emit("scan_failed", f"Scan of {name} failed: {exc}", level=logging.ERROR,
+                        metric_type=name, error=str(exc))
+            per_type[name] = {"metric_type": name, "error": f"{type(exc).__name__}: {exc}", "scanned": 0, "alerts": 0}
+    result = {
+        "metric_types": per_type,
+        "scanned": sum(v.get("scanned", 0) for v in per_type.values()),
+        "alerts": sum(v.get("alerts", 0) for v in per_type.values()),
+        "errors": errors,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    events.emit("scan_completed", f"Scan: {result['scanned']} observations, {result['alerts']} alerts",
+                scanned=result["scanned"], alerts=result["alerts"], errors=errors, seconds=result["seconds"])
+    return result
