@@ -1,0 +1,53 @@
+"""``flask ml scheduler``: the dedicated scheduler process (docker-compose ``scheduler``).
+
+It competes for leadership like every other process that starts the
+scheduler, so running it next to web workers that also schedule is safe.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+import click
+from flask import current_app
+
+from utils.ml.cli import fail, ml_cli
+from utils.ml.metrics import start_metrics_server
+from utils.ml.scheduler import start_scheduler, stop_scheduler
+
+
+@ml_cli.command("scheduler")
+def scheduler_command() -> None:
+    """Run the scheduled jobs in the foreground until SIGTERM or SIGINT (then exit 0).
+
+    Runs regardless of ML_SCHEDULER_ENABLED (starting this process is the
+    request); refuses when ML_ENABLED is false.
+    """
+    app = current_app._get_current_object()
+    if not app.config["ML_ENABLED"]:
+        raise fail("ML_ENABLED is false: the ML subsystem is off, so no jobs are scheduled")
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            scheduler = start_scheduler(app)
+        except ValueError as exc:  # a configuration rule, named by the message
+            raise fail(str(exc)) from None
+        start_metrics_server(app)  # this process's own /metrics on ML_METRICS_PORT (0: off)
+        intervals = ", ".join(f"{name} every {seconds:g}s" for name, seconds in scheduler.intervals.items())
+        click.echo(f"scheduler running ({scheduler.elector.backend} leader election; {intervals}); "
+                   "stop with SIGTERM or Ctrl-C", err=True)
+        # Short waits keep the main thread responsive to signals.
+        while not stop.wait(1.0):
+            pass
+        click.echo("scheduler stopping: waiting for running jobs, releasing leadership", err=True)
+        stop_scheduler(app)
+        click.echo("scheduler stopped", err=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,437 @@
+"""Cross-process locks and scheduler leader election.
+
+Two lock flavours share one small interface (:class:`DistributedLock`):
+
+* **PostgreSQL** (:class:`PgAdvisoryLock`): a session-level
+  ``pg_try_advisory_lock`` held on a *dedicated* connection that never goes
+  back to a pool.  The lock lives exactly as long as that database session:
+  when the holding process dies (even ``kill -9``) its socket closes, the
+  server ends the session and the lock is free for the next process at once.
+  ``verify()`` asks ``pg_locks`` whether this session still holds it, so a
+  connection killed by the server (``pg_terminate_backend``, a restart)
+  means leadership lost, never a leader that only believes it leads.
+* **SQLite** (:class:`LeaseLock`): a row in ``ml_scheduler_leases`` with an
+  expiry, renewed by compare-and-set ``UPDATE`` statements (atomic in any
+  database, so no check-then-write race).  A dead holder stops renewing and
+  another process takes the row over once it has expired.
+
+:class:`LeaderElector` runs one such lock in a heartbeat thread: it keeps
+trying to acquire while it is a follower and re-verifies (PostgreSQL) or
+renews (lease) while it leads.  Leadership is trusted only for a bounded time
+after the last successful check, so a stalled heartbeat stops a process from
+claiming ticks before another process can take over.  Every change is an
+event: ``scheduler_leadership`` with ``leader=True/False``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+import zlib
+from abc import ABC, abstractmethod
+from datetime import timedelta
+from typing import Any, Optional
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from utils.ml import events
+from utils.models import SchedulerLease
+from utils.time import utcnow
+
+logger = logging.getLogger("ml.leader")
+
+# Advisory-lock key spaces (two int4 keys: class, object).  ASCII "MLSC" for
+# the scheduler leader, "MLJB" for per-job run locks; the migration lock uses
+# the one-bigint form and the activation lock class 7301, so none collide.
+LEADER_LOCK_CLASS = 0x4D4C5343
+JOB_LOCK_CLASS = 0x4D4C4A42
+LEADER_LOCK_NAME = "ml_scheduler"
+
+_LEASES = SchedulerLease.__table__
+
+
+def process_identity() -> str:
+    """``host:pid:random``: who holds a lease (unique even if a pid is reused)."""
+    return f"{socket.gethostname()[:150]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def lock_key(name: str) -> int:
+    """A stable, positive int4 for ``name`` (the same in every process, unlike ``hash``)."""
+    return zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF
+
+
+def one_line(exc: BaseException) -> str:
+    """``Class: first line of the message`` (driver errors carry the SQL on later lines)."""
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0] if text else ''}"[:500]
+
+
+# --------------------------------------------------------------------- engines
+_engines: dict[tuple[int, str], Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def dedicated_engine(url: str, application_name: str = "ml-locks") -> Engine:
+    """An engine whose connections are never pooled or shared with requests.
+
+    ``NullPool``: a lock connection is opened for its holder and really closed
+    when released, so a session-level lock can never leak into a pooled
+    connection that a request would then reuse.  Cached per process (an
+    engine must not cross a fork) and per URL.
+    """
+    key = (os.getpid(), f"{application_name}|{url}")
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            if url.startswith("postgresql"):
+                engine = sa.create_engine(
+                    url,
+                    poolclass=sa.pool.NullPool,
+                    isolation_level="AUTOCOMMIT",
+                    connect_args={
+                        "connect_timeout": 5,
+                        "application_name": application_name,
+                        # A hung lock query must not freeze the heartbeat.
+                        "options": "-c statement_timeout=5000",
+                        # Detect a silently dead network path to the server.
+                        "keepalives": 1,
+                        "keepalives_idle": 10,
+                        "keepalives_interval": 5,
+                        "keepalives_count": 3,
+                    },
+                )
+            else:
+                # Short busy timeout: a heartbeat that cannot write soon is a
+                # failed heartbeat, not a thread blocked for half a minute.
+                engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"timeout": 5})
+            _engines[key] = engine
+        return engine
+
+
+# ----------------------------------------------------------------------- locks
+class DistributedLock(ABC):
+    """A named lock shared by every process using the same database.
+
+    All methods are thread-safe and never raise database errors: a failure
+    is logged and reported as "not held".
+    """
+
+    #: True when the holder must call :meth:`verify` periodically to keep it.
+    needs_renewal: bool = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.held = False
+        self._mutex = threading.Lock()
+
+    @abstractmethod
+    def try_acquire(self) -> bool:
+        """Take the lock without waiting; True when this holder has it now."""
+
+    @abstractmethod
+    def verify(self) -> bool:
+        """True when this holder still has the lock (a lease is renewed)."""
+
+    @abstractmethod
+    def release(self) -> None:
+        """Give the lock up (idempotent)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"lock": self.name, "kind": self.__class__.__name__, "held": self.held}
+
+
+class PgAdvisoryLock(DistributedLock):
+    """A session-level advisory lock on a dedicated PostgreSQL connection."""
+
+    def __init__(self, engine: Engine, name: str, lock_class: int, keep_connection: bool = False) -> None:
+        super().__init__(name)
+        self.engine = engine
+        self.params = {"cls": lock_class, "key": lock_key(name)}
+        # A follower keeps its connection between attempts (the leader
+        # election polls); a one-shot job lock closes it when refused.
+        self.keep_connection = keep_connection
+        self._conn: Optional[Connection] = None
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except SQLAlchemyError:  # already dead: closing it is all we wanted
+                pass
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            self._conn = self.engine.connect()
+        return self._conn
+
+    def try_acquire(self) -> bool:
+        with self._mutex:
+            if self.held:
+                return self._verify_locked()
+            try:
+                got = bool(self._connection().execute(
+                    sa.text("SELECT pg_try_advisory_lock(:cls, :key)"), self.params
+                ).scalar())
+            except SQLAlchemyError as exc:
+                logger.warning("advisory lock %s: acquire failed: %s", self.name, one_line(exc))
+                self._drop_connection()
+                return False
+            self.held = got
+            if not got and not self.keep_connection:
+                self._drop_connection()
+            return got
+
+    def _verify_locked(self) -> bool:
+        if self._conn is None:
+            self.held = False
+            return False
+        try:
+            still = bool(self._conn.execute(
+                sa.text(
+                    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
+                    " AND pid = pg_backend_pid() AND classid = :cls AND objid = :key"
+                    " AND objsubid = 2 AND granted)"
+                ),
+                self.params,
+            ).scalar())
+        except SQLAlchemyError as exc:
+            # The session is gone, and with it the lock (the server released it).
+            logger.warning("advisory lock %s: connection lost: %s", self.name, one_line(exc))
+            still = False
+        if not still:
+            self.held = False
+            self._drop_connection()
+        return still
+
+    def verify(self) -> bool:
+        with self._mutex:
+            return self._verify_locked()
+
+    def release(self) -> None:
+        with self._mutex:
+            if self.held and self._conn is not None:
+                try:
+                    self._conn.execute(sa.text("SELECT pg_advisory_unlock(:cls, :key)"), self.params)
+                except SQLAlchemyError as exc:  # closing the session releases it anyway
+                    logger.warning("advisory lock %s: unlock failed: %s", self.name, one_line(exc))
+            self.held = False
+            self._drop_connection()
+
+    def backend_pid(self) -> Optional[int]:
+        """The server process id of the holding session (operators and tests use it)."""
+        with self._mutex:
+            if self._conn is None:
+                return None
+            return int(self._conn.execute(sa.text("SELECT pg_backend_pid()")).scalar())
+
+
+class LeaseLock(DistributedLock):
+    """A row in ``ml_scheduler_leases`` that expires unless renewed."""
+
+    needs_renewal = True
+
+    def __init__(self, engine: Engine, name: str, ttl_seconds: float, holder: Optional[str] = None) -> None:
+        super().__init__(name)
+        self.engine = engine
+        self.ttl = timedelta(seconds=ttl_seconds)
+        self.holder = holder or process_identity()
+
+    def _take(self) -> bool:
+        """Renew our lease, or take over an expired one, or create the row."""
+        now = utcnow()
+        expires = now + self.ttl
+        with self.engine.begin() as conn:
+            # One atomic compare-and-set: only the holder or a taker of an
+            # expired lease matches.  SET expressions see the old row, so the
+            # CASE keeps acquired_at across renewals.
+            renewed = conn.execute(
+                _LEASES.update()
+                .where(_LEASES.c.name == self.name)
+                .where(sa.or_(_LEASES.c.holder == self.holder, _LEASES.c.expires_at < now))
+                .values(
+                    holder=self.holder,
+                    expires_at=expires,
+                    acquired_at=sa.case((_LEASES.c.holder == self.holder, _LEASES.c.acquired_at), else_=now),
+                )
+            ).rowcount
+        if renewed == 1:
+            return True
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(_LEASES.insert().values(
+                    name=self.name, holder=self.holder, acquired_at=now, expires_at=expires))
+            return True
+        except IntegrityError:  # a live lease of someone else
+            return False
+
+    def try_acquire(self) -> bool:
+        with self._mutex:
+            try:
+                self.held = self._take()
+            except SQLAlchemyError as exc:
+                logger.warning("lease %s: acquire/renew failed: %s", self.name, one_line(exc))
+                self.held = False
+            return self.held
+
+    def verify(self) -> bool:
+        # Renewing is verifying: it succeeds only while the row is still ours
+        # (or expired and not yet taken by anyone else).
+        return self.try_acquire()
+
+    def release(self) -> None:
+        with self._mutex:
+            if self.held:
+                try:
+                    with self.engine.begin() as conn:
+                        conn.execute(_LEASES.delete().where(
+                            _LEASES.c.name == self.name, _LEASES.c.holder == self.holder))
+                except SQLAlchemyError as exc:  # it will expire on its own
+                    logger.warning("lease %s: release failed: %s", self.name, one_line(exc))
+            self.held = False
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "holder": self.holder, "ttl_s": self.ttl.total_seconds()}
+
+
+def make_lock(url: str, name: str, lock_class: int, lease_seconds: float,
+              application_name: str = "ml-locks", keep_connection: bool = False) -> DistributedLock:
+    """The right lock for the database at ``url``: advisory on PostgreSQL, a lease elsewhere."""
+    engine = dedicated_engine(url, application_name)
+    if engine.dialect.name == "postgresql":
+        return PgAdvisoryLock(engine, name, lock_class, keep_connection=keep_connection)
+    return LeaseLock(engine, name, lease_seconds)
+
+
+class LockKeeper:
+    """Renews a lease-based lock in the background while a long task holds it.
+
+    Advisory locks need no renewal; for them this does nothing.
+    """
+
+    def __init__(self, lock: DistributedLock, every_seconds: float) -> None:
+        self.lock = lock
+        self.every = every_seconds
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def __enter__(self) -> "LockKeeper":
+        if self.lock.needs_renewal:
+            self._thread = threading.Thread(target=self._run, name=f"lock-keeper-{self.lock.name}", daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            if not self.lock.verify():
+                logger.warning("lock %s was lost while its task was still running", self.lock.name)
+                return
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+# -------------------------------------------------------------- leader election
+_electors: list["LeaderElector"] = []
+_electors_lock = threading.Lock()
+
+
+class LeaderElector:
+    """Keeps competing for ``lock`` in a heartbeat thread; says whether we lead.
+
+    ``validity_seconds`` bounds how long one successful check is trusted: a
+    lease is trusted for less than its time to live, so this process stops
+    claiming ticks before anyone else may take the lease over.
+    """
+
+    def __init__(self, lock: DistributedLock, heartbeat_seconds: float, validity_seconds: float,
+                 backend: str = "") -> None:
+        if validity_seconds <= heartbeat_seconds:
+            raise ValueError(
+                f"leader validity ({validity_seconds}s) must exceed the heartbeat ({heartbeat_seconds}s)")
+        self.lock = lock
+        self.heartbeat = heartbeat_seconds
+        self.validity = validity_seconds
+        self.backend = backend
+        self._leader = False
+        self._valid_until = 0.0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._state_lock = threading.Lock()
+
+    # Public state --------------------------------------------------------
+    def is_leader(self) -> bool:
+        """True while this process holds leadership and its last check is recent."""
+        with self._state_lock:
+            return self._leader and time.monotonic() < self._valid_until
+
+    def describe(self) -> dict[str, Any]:
+        return {"leader": self.is_leader(), "backend": self.backend, "heartbeat_s": self.heartbeat,
+                **self.lock.describe()}
+
+    # Lifecycle -----------------------------------------------------------
+    def start(self) -> None:
+        """Try once right away, then keep polling every heartbeat in a daemon thread."""
+        with _electors_lock:
+            _electors.append(self)
+        self.poll()
+        self._thread = threading.Thread(target=self._run, name="ml-leader-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.heartbeat):
+            try:
+                self.poll()
+            except Exception:  # the heartbeat must survive anything
+                logger.exception("leader heartbeat failed")
+
+    def poll(self) -> bool:
+        """One heartbeat: verify (leader) or try to acquire (follower)."""
+        started = time.monotonic()
+        was = self._leader
+        ok = self.lock.verify() if was else self.lock.try_acquire()
+        with self._state_lock:
+            self._leader = ok
+            if ok:
+                self._valid_until = started + self.validity
+        if ok != was:
+            self._announce(ok, "acquired" if ok else "lost")
+        return ok
+
+    def stop(self) -> None:
+        """Stop the heartbeat and give leadership up so another process takes over at once."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        was = self._leader
+        with self._state_lock:
+            self._leader = False
+        self.lock.release()
+        if was:
+            self._announce(False, "released")
+        with _electors_lock:
+            if self in _electors:
+                _electors.remove(self)
+
+    def _announce(self, leader: bool, how: str) -> None:
+        events.emit(
+            "scheduler_leadership",
+            f"scheduler leadership {how} by pid {os.getpid()}",
+            level=logging.INFO if leader or how == "released" else logging.WARNING,
+            leader=leader, change=how, backend=self.backend, lock=self.lock.name,
+            host=socket.gethostname(), pid=os.getpid(),
+        )
+
+
+def is_leader() -> bool:
+    """True when a scheduler in this process currently leads (for ``/metrics``)."""
+    with _electors_lock:
+        electors = list(_electors)
+    return any(elector.is_leader() for elector in electors)
