@@ -196,3 +196,20 @@ def test_train_and_scan_jobs_run_the_pipeline_and_name_the_actor(app_ctx):
     assert scanned["status"] == "success" and scanned["result"]["scanned"] > 0
     assert [(r.job_name, r.status, r.details["actor"]) for r in _runs()] == [
         ("train_models", "success", "alice"), ("anomaly_scan", "success", "bob")]
+
+
+def test_a_job_whose_metric_types_all_failed_is_recorded_as_failed(app_ctx, models_dir):
+    """Training reports per metric type instead of raising; the job must still not call
+    a run in which every save failed a success.  Real fault: the models directory is a
+    read-only tmpfs, so every model file write fails with EROFS."""
+    from tests.ml_helpers import tmpfs
+    from utils.ml.demo_data import generate_demo_data
+
+    generate_demo_data(rooms=10, products=6, attendants=2, days=14)
+    with tmpfs(models_dir, read_only=True):
+        with pytest.raises(jobs.JobError, match="training failed for"):
+            run_job_now("train_models", actor="tester")
+    [run] = _runs("train_models")
+    assert run.status == "failed" and "JobError" in run.error
+    failed = {entry["metric_type"] for entry in run.details["result"] if entry["status"] == "failed"}
+    assert failed == {"dolum_sure", "stok_seviye", "tuketim_miktar"}

@@ -100,13 +100,23 @@ class JobBusyError(RuntimeError):
 def _anomaly_scan(actor: str, **params: Any) -> Any:
     from utils.ml.scan import run_scan  # imported when run: keeps web start-up light
 
-    return run_scan(**params)
+    result = run_scan(**params)
+    failed = [name for name, entry in result["metric_types"].items() if entry.get("error")]
+    if failed:
+        # Other metric types were scanned and committed; the run still failed.
+        raise JobError(f"scan failed for {', '.join(failed)}", result)
+    return result
 
 
 def _train_models(actor: str, **params: Any) -> Any:
     from utils.ml.model_trainer import train_models
 
-    return train_models(actor=actor, **params)  # the activation audit names who trained
+    results = train_models(actor=actor, **params)  # the activation audit names who trained
+    failed = [entry["metric_type"] for entry in results if entry.get("status") == "failed"]
+    if failed:
+        # A skipped type (too little data) is fine; a failed one is not a success.
+        raise JobError(f"training failed for {', '.join(failed)}", results)
+    return results
 
 
 def _cleanup_models(actor: str, keep_versions: Optional[int] = None) -> dict[str, Any]:
