@@ -19,19 +19,19 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import pytest
 import sqlalchemy as sa
 
 from tests import dbutil
+from tests.procutil import free_port, http_status, start, stop_group, wait_until
 from utils.migration_lock import MIGRATION_LOCK_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,11 +72,6 @@ def rendered(tmp_path_factory) -> dict:
     return json.loads(result.stdout)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def process_env(base: dict[str, str], tmp_path: Path, **overrides: str) -> dict[str, str]:
     """``base`` plus what a plain process here needs (our venv first on PATH)."""
@@ -86,42 +81,8 @@ def process_env(base: dict[str, str], tmp_path: Path, **overrides: str) -> dict[
     return env
 
 
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """Start ``args`` in its own session (so teardown can end exactly its process group)."""
-    with open(log, "wb") as out:
-        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
 
 
-def stop_group(proc: subprocess.Popen) -> None:
-    """Teardown: kill the process group we created, if anything is left of it."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str,
-               proc: Optional[subprocess.Popen] = None, log: Optional[Path] = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"process exited ({proc.returncode}) before {what}:\n{log.read_text() if log else ''}")
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}:\n{log.read_text() if log else ''}")
-
-
-def http_status(url: str) -> Optional[int]:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
 
 
 def children(pid: int) -> list[int]:
@@ -454,7 +415,7 @@ def test_entrypoint_upgrades_serves_with_two_workers_and_stops_cleanly(fresh_pg,
     proc = start(["bash", str(ENTRYPOINT)], env, log)
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: http_status(f"{base}/ready") == 200, 90, "/ready to answer 200", proc, log)
+        wait_until(lambda: http_status(f"{base}/ready") == 200, 90, "/ready to answer 200", [proc], [log])
         assert http_status(f"{base}/health") == 200
         with urllib.request.urlopen(f"{base}/ready", timeout=3) as response:
             ready = json.load(response)
@@ -505,7 +466,7 @@ def test_entrypoint_waits_for_the_database_then_runs_the_given_command(pg_availa
     try:
         # The database does not exist yet: a real "not up" answer from the server.
         wait_until(lambda: f'database "{name}" does not exist' in log.read_text(), 60,
-                   "the entrypoint to report it is waiting", proc, log)
+                   "the entrypoint to report it is waiting", [proc], [log])
         admin_sql(f'CREATE DATABASE "{name}"')
         code = proc.wait(timeout=90)
     finally:
@@ -529,7 +490,7 @@ def test_entrypoint_retries_a_failing_upgrade_until_it_succeeds(fresh_pg, app_en
     proc = start(["bash", str(ENTRYPOINT), "flask", "db", "current"], env, log)
     try:
         wait_until(lambda: "flask db upgrade failed (attempt 1/5)" in log.read_text(), 90,
-                   "the first upgrade to fail", proc, log)
+                   "the first upgrade to fail", [proc], [log])
         assert "permission denied for schema public" in log.read_text()
         admin_sql(f'GRANT CREATE ON SCHEMA public TO "{role}"', dbutil.pg_url(fresh_pg))
         code = proc.wait(timeout=120)
@@ -573,7 +534,7 @@ def test_entrypoint_stops_at_once_on_sigterm_while_waiting(app_env, tmp_path):
     log = tmp_path / "entrypoint.log"
     proc = start(["bash", str(ENTRYPOINT)], env, log)
     try:
-        wait_until(lambda: "waiting for database at" in log.read_text(), 60, "the wait to start", proc, log)
+        wait_until(lambda: "waiting for database at" in log.read_text(), 60, "the wait to start", [proc], [log])
         waiter = children(proc.pid)
         assert waiter and "utils.db_wait" in cmdline(waiter[0])
         started = time.monotonic()
