@@ -162,3 +162,26 @@ def test_demo_data_is_reproducible_and_checks_its_arguments(app_ctx):
     assert as_utc(last) <= end
     with pytest.raises(ValueError, match="rooms"):
         small_hotel(rooms=0)
+
+
+def test_a_timestamp_that_runs_off_the_calendar_is_a_named_rule_not_a_crash():
+    """Year 1 with a positive offset cannot be expressed in UTC: a ValueError pydantic
+    reports against the field (it used to escape as OverflowError)."""
+    from pydantic import ValidationError
+
+    from utils.ml.observations import ObservationIn
+
+    with pytest.raises(ValidationError) as info:
+        ObservationIn.model_validate({"metric_type": "stok_seviye", "entity_id": 1, "metric_value": 3.0,
+                                      "timestamp": "0001-01-01T00:00:00+05:00"})
+    [error] = info.value.errors()
+    assert error["loc"] == ("timestamp",) and "between years 1 and 9999" in error["msg"]
+
+
+def test_a_whole_number_float_entity_id_is_read_as_an_integer():
+    from utils.ml.observations import ObservationIn
+
+    item = ObservationIn.model_validate_json(
+        '{"metric_type": "stok_seviye", "entity_id": 7.0, "metric_value": 3.0, "timestamp": "2026-01-01T00:00:00Z"}',
+        strict=True)
+    assert item.entity_id == 7 and type(item.entity_id) is int

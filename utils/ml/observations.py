@@ -95,9 +95,12 @@ class ObservationIn(BaseModel):
     @field_validator("entity_id", mode="before")
     @classmethod
     def _whole_number(cls, value: Any) -> Any:
-        # Refuse 1.5 and True rather than silently truncating or coercing them.
+        # Refuse 1.5 and True rather than silently truncating or coercing them;
+        # 7.0 is a whole number (JSON Schema agrees), so it becomes 7.
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ValueError("must be a whole number")
+        if isinstance(value, float):
+            return int(value)
         return value
 
     @field_validator("metric_value", mode="before")
@@ -112,7 +115,10 @@ class ObservationIn(BaseModel):
     def _utc(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+        try:
+            return value.astimezone(timezone.utc)
+        except OverflowError:  # year 1 with a positive offset runs off the calendar
+            raise ValueError("must be a date-time between years 1 and 9999 in UTC") from None
 
     @field_validator("extra_data")
     @classmethod

@@ -14,7 +14,6 @@ pydantic as JSON only: nothing from a request is ever unpickled.
 from __future__ import annotations
 
 import functools
-import json
 from typing import Any, Callable, Optional
 
 from flask import Blueprint, Flask, Response, current_app, request
@@ -162,29 +161,7 @@ def _parse_body(model: type[BaseModel], required: bool, error_builder: Callable[
             raise ApiError(400, f"malformed JSON: {detail}", errors) from None
         errors = error_builder(exc)
         raise ApiError(400, _summary("invalid request body", errors), errors) from None
-    except OverflowError:
-        # A validator converting a date-time to UTC ran off the calendar (year 1
-        # with a positive offset): a broken rule, not a server error.
-        errors = _overflow_errors(model, data)
-        raise ApiError(400, _summary("invalid request body", errors), errors) from None
 
-
-def _overflow_errors(model: type[BaseModel], data: bytes) -> list[dict[str, Any]]:
-    """Name the batch item whose date-time overflowed, when the body is a batch."""
-    rule = "must be a date-time between years 1 and 9999 in UTC"
-    try:
-        parsed = json.loads(data) if model is s.IngestRequest else None
-    except ValueError:
-        parsed = None
-    items = parsed.get("observations") if isinstance(parsed, dict) else None
-    for index, item in enumerate(items if isinstance(items, list) else []):
-        try:
-            s.Observation.model_validate_json(json.dumps(item), strict=True)
-        except OverflowError:
-            return [{"index": index, "field": "timestamp", "rule": rule}]
-        except ValidationError:
-            continue
-    return [{"field": "body", "rule": f"a date-time {rule}"}]
 
 
 def operation(method: str, rule: str, *, response: type[BaseModel], summary: str, tag: str,

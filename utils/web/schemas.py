@@ -292,20 +292,10 @@ class JobResult(ResponseModel):
 
 
 # ------------------------------------------------------------------- ingest
-class Observation(ObservationIn):
-    """:class:`~utils.ml.observations.ObservationIn` (the one definition of a valid
-    observation) read as JSON Schema reads JSON: ``7.0`` is an integer ``entity_id``."""
-
-    @field_validator("entity_id", mode="before")
-    @classmethod
-    def _json_integer(cls, value: Any) -> Any:
-        return _integral_float(value)
-
-
 class IngestRequest(BodyModel):
     """A batch of observations, written all-or-nothing."""
 
-    observations: list[Observation] = Field(min_length=1, max_length=MAX_BATCH,
+    observations: list[ObservationIn] = Field(min_length=1, max_length=MAX_BATCH,
                                               description=f"1 to {MAX_BATCH} observations")
 
 
