@@ -74,7 +74,7 @@ def test_document_schemas_are_the_validating_models(client):
         assert components[model.__name__] == generated
     ingest = document["paths"]["/api/ml/metrics"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert ingest == {"$ref": "#/components/schemas/IngestRequest"}
-    observation = components["Observation"]
+    observation = components["ObservationIn"]
     assert observation["properties"]["metric_type"]["pattern"] == "^[a-z][a-z0-9_]{0,49}$"
     assert observation["additionalProperties"] is False
     assert components["IngestRequest"]["properties"]["observations"]["maxItems"] == 10_000

@@ -15,7 +15,9 @@ from typing import Any, Callable
 logger = logging.getLogger("ml.events")
 
 Listener = Callable[[str, dict[str, Any]], None]
-_listeners: list[Listener] = []
+# Copy-on-write: emit() reads one tuple reference (atomic) instead of copying a
+# list on every call; the warm model load emits once per call.
+_listeners: tuple[Listener, ...] = ()
 _lock = threading.Lock()
 
 # Events that mean something went wrong are logged at WARNING or ERROR.
@@ -32,23 +34,28 @@ _LEVELS = {
 
 
 def add_listener(listener: Listener) -> None:
+    global _listeners
     with _lock:
         if listener not in _listeners:
-            _listeners.append(listener)
+            _listeners = _listeners + (listener,)
 
 
 def remove_listener(listener: Listener) -> None:
+    global _listeners
     with _lock:
         if listener in _listeners:
-            _listeners.remove(listener)
+            _listeners = tuple(item for item in _listeners if item != listener)
 
 
 def emit(event: str, message: str | None = None, level: int | None = None, **fields: Any) -> None:
     """Log ``event`` with ``fields`` and notify listeners."""
     level = level if level is not None else _LEVELS.get(event, logging.INFO)
-    text = message or event
-    logger.log(level, text, extra={"event": event, "fields": fields})
-    for listener in list(_listeners):
+    listeners = _listeners
+    if logger.isEnabledFor(level):
+        logger.log(level, message or event, extra={"event": event, "fields": fields})
+    elif not listeners:
+        return  # the fast path: nothing would be logged and nobody listens
+    for listener in listeners:
         try:
             listener(event, fields)
         except Exception:  # a metrics bug must never break a save or a scan

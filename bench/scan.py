@@ -1,0 +1,123 @@
+"""Section 4: the end-to-end scan against the raw score_samples rate of the same models.
+
+The data is the demo hotel (``utils.ml.demo_data``), scaled so the three
+minibar metric types add up to the requested number of observations over 60
+days; the models are trained by the real trainer with its defaults; the scan
+is ``utils.ml.scan.run_scan`` — what ``flask ml scan`` runs: read from
+PostgreSQL in batches, compute features, score, write alerts, move the
+watermarks.  "Raw" is the same active models' ``score_samples`` over the same
+observations already in memory (the feature step of the pipeline included,
+nothing else): the ceiling a scan could reach.
+"""
+from __future__ import annotations
+
+import importlib
+import time
+from typing import Any, Optional
+
+DAYS = 60
+# Observations per entity per day in the demo generator (utils/ml/demo_data.py).
+_PER_DAY = {"products": 2.0, "rooms": 0.85, "attendants": 10.0}
+
+
+def demo_sizes(observations: int, days: int = DAYS) -> dict[str, int]:
+    """Products, rooms and attendants giving about ``observations`` rows, a third per metric type."""
+    third = observations / 3.0
+    return {name: max(1, round(third / (per_day * days))) for name, per_day in _PER_DAY.items()}
+
+
+def _missing() -> Optional[str]:
+    for module, name in (("utils.ml.scan", "run_scan"), ("utils.ml.demo_data", "generate_demo_data")):
+        try:
+            if not hasattr(importlib.import_module(module), name):
+                return f"{module}.{name} does not exist yet"
+        except ImportError as exc:
+            return f"{module} cannot be imported: {exc}"
+    return None
+
+
+def _raw_rate(metric_types: list[str]) -> dict[str, Any]:
+    """score_samples of each active model over all its observations, timed alone."""
+    import numpy as np
+    from sqlalchemy import select
+
+    from utils.extensions import db
+    from utils.ml.anomaly_detector import MODEL_TYPE
+    from utils.ml.features import model_input, observation_matrix
+    from utils.ml.model_manager import get_model_manager
+    from utils.models import MLMetric
+
+    manager = get_model_manager()
+    rows_total, seconds_total, per_type = 0, 0.0, {}
+    for metric_type in metric_types:
+        rows = db.session.execute(
+            select(MLMetric.entity_id, MLMetric.metric_value).where(MLMetric.metric_type == metric_type)
+        ).all()
+        db.session.rollback()
+        entities = np.fromiter((np.nan if r[0] is None else r[0] for r in rows), dtype=float, count=len(rows))
+        values = np.fromiter((r[1] for r in rows), dtype=float, count=len(rows))
+        del rows
+        model = manager.load_model_from_file(MODEL_TYPE, metric_type)
+        if model is None:
+            raise RuntimeError(f"no active model for {metric_type} after training")
+        matrix = model_input(model, observation_matrix(entities, values))
+        started = time.perf_counter()
+        model.score_samples(matrix)
+        elapsed = time.perf_counter() - started
+        per_type[metric_type] = {"rows": len(values), "seconds": round(elapsed, 3)}
+        rows_total += len(values)
+        seconds_total += elapsed
+    return {"rows": rows_total, "seconds": round(seconds_total, 3),
+            "rows_per_second": round(rows_total / seconds_total), "by_metric_type": per_type}
+
+
+def run(env: Any, sizes: Any) -> dict[str, Any]:
+    problem = _missing()
+    if problem:
+        return {"status": "not_run", "reason": problem}
+    from utils.ml.demo_data import generate_demo_data
+    from utils.ml.model_trainer import ModelTrainer
+    from utils.ml.scan import run_scan
+    from utils.extensions import db
+
+    hotel = demo_sizes(sizes.scan_observations)
+    started = time.perf_counter()
+    demo = generate_demo_data(days=DAYS, **hotel)
+    demo_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    trained = ModelTrainer(db, window_days=DAYS + 1).train()
+    train_seconds = time.perf_counter() - started
+    failed = [t for t in trained if t.get("status") != "trained"]
+    if failed:
+        raise RuntimeError(f"training failed: {failed}")
+
+    started = time.perf_counter()
+    summary = run_scan()
+    scan_seconds = time.perf_counter() - started
+    if summary.get("errors"):
+        raise RuntimeError(f"scan reported errors: {summary}")
+    methods = {name: s.get("method") for name, s in summary["metric_types"].items()}
+
+    raw = _raw_rate(sorted(summary["metric_types"]))
+    end_to_end = {
+        "rows": summary["scanned"],
+        "alerts": summary["alerts"],
+        "seconds": round(scan_seconds, 3),
+        "rows_per_second": round(summary["scanned"] / scan_seconds),
+        "methods": methods,
+        "by_metric_type": {name: {k: s.get(k) for k in ("scanned", "alerts", "batches", "seconds", "load_ms")}
+                           for name, s in summary["metric_types"].items()},
+    }
+    return {
+        "status": "ok",
+        "observations": demo["observations"],
+        "hotel": {**hotel, "days": DAYS},
+        "models": {t["metric_type"]: {"model_id": t["model_id"], "samples": t["samples"]} for t in trained},
+        "n_estimators": int(env.app.config.get("ML_N_ESTIMATORS", 200)),
+        "batch_size": int(env.app.config.get("ML_SCAN_BATCH_SIZE", 20000)),
+        "setup_seconds": {"demo_data": round(demo_seconds, 1), "training": round(train_seconds, 1)},
+        "end_to_end": end_to_end,
+        "raw_score_samples": raw,
+        "ratio_end_to_end_over_raw": round(end_to_end["rows_per_second"] / raw["rows_per_second"], 3),
+    }
