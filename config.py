@@ -7,6 +7,7 @@ to ``create_app(test_config)`` that overrides these values.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent
@@ -70,6 +71,15 @@ class Config:
         os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'instance' / 'ml.sqlite3'}"
     )
     SQLALCHEMY_TRACK_MODIFICATIONS = False
+    # Dashboard sign-in cookie (Flask's signed session): not readable by scripts,
+    # not sent on cross-site POSTs, Secure when served over HTTPS.
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    SESSION_COOKIE_SECURE = _bool("ML_DASHBOARD_SECURE_COOKIE", False)
+    PERMANENT_SESSION_LIFETIME = timedelta(hours=_float("ML_DASHBOARD_SESSION_HOURS", 12.0, minimum=0.01))
+    # /metrics of `flask ml scheduler` (a process without a web server): 0 = off.
+    ML_METRICS_PORT = _int("ML_METRICS_PORT", 0)
+    ML_METRICS_ADDR = os.environ.get("ML_METRICS_ADDR") or "0.0.0.0"
 
     ML_ENABLED = _bool("ML_ENABLED", True)
     ML_MODELS_DIR = os.environ.get("ML_MODELS_DIR") or str(BASE_DIR / "ml_models")
@@ -97,7 +107,18 @@ class Config:
     ML_SCAN_INTERVAL_SECONDS = _float("ML_SCAN_INTERVAL_SECONDS", 3600.0, minimum=1.0)
     ML_TRAIN_INTERVAL_SECONDS = _float("ML_TRAIN_INTERVAL_SECONDS", 86400.0, minimum=1.0)
     ML_CLEANUP_INTERVAL_SECONDS = _float("ML_CLEANUP_INTERVAL_SECONDS", 86400.0, minimum=1.0)
+    # Leader election and job locks: how often each process checks or renews
+    # its lock, and (SQLite) how long a lease lives without renewal, i.e. how
+    # soon another process takes over from a dead leader.
+    ML_SCHEDULER_HEARTBEAT_SECONDS = _float("ML_SCHEDULER_HEARTBEAT_SECONDS", 5.0, minimum=0.1)
+    ML_SCHEDULER_LEASE_SECONDS = _float("ML_SCHEDULER_LEASE_SECONDS", 30.0, minimum=1.0)
 
     # Training.
     ML_TRAIN_WINDOW_DAYS = _int("ML_TRAIN_WINDOW_DAYS", 60, minimum=1)
     ML_MIN_TRAIN_SAMPLES = _int("ML_MIN_TRAIN_SAMPLES", 50, minimum=2)
+    # Isolation Forest: expected share of anomalies (sets the alert threshold)
+    # and number of trees.  See README "Anomaly pipeline" for how 0.02 was chosen.
+    ML_CONTAMINATION = _float("ML_CONTAMINATION", 0.02, minimum=0.0001)
+    ML_N_ESTIMATORS = _int("ML_N_ESTIMATORS", 200, minimum=10)
+    # Observations scored (and alerts committed, watermark advanced) per scan transaction.
+    ML_SCAN_BATCH_SIZE = _int("ML_SCAN_BATCH_SIZE", 20000, minimum=100)

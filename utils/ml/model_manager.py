@@ -16,6 +16,7 @@ keys; this module adds what production needs around them:
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import logging
@@ -27,15 +28,15 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional
 
 import numpy
 import sklearn
 from flask import Flask, current_app, has_app_context
 from sqlalchemy import func, select, text, update
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import load_only, undefer
 
 from utils.ml import events
@@ -53,6 +54,13 @@ from utils.time import as_utc, utcnow
 logger = logging.getLogger(__name__)
 
 ACTIVATION_MARKER = ".active-generation"
+# Read errors worth retrying with backoff (the seed's 1, 2, 4 s): I/O hiccups,
+# exhausted descriptors or memory, stale network handles.  Anything else
+# (missing file, permissions, symlink loop) is permanent and reported at once.
+TRANSIENT_ERRNOS = frozenset({
+    errno.EIO, errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.EMFILE, errno.ENFILE, errno.ENOMEM,
+    errno.ETIMEDOUT, errno.ESTALE, errno.ENOLCK,
+})
 PICKLE_PROTOCOL = 5
 # Advisory-lock class id of "activate a model of this type" (PostgreSQL).
 _ACTIVATION_LOCK_CLASS = 7301
@@ -325,7 +333,7 @@ class ModelManager:
         started = time.perf_counter()
         try:
             key = self.store.write_new(lambda: self._generate_filename(model_type, metric_type, suffix), data)
-        except OSError as exc:
+        except (OSError, ModelStoreError) as exc:
             events.emit("model_save_failed", f"Model file write failed: {exc}",
                         model_type=model_type, metric_type=metric_type, error=str(exc))
             raise
@@ -414,11 +422,19 @@ class ModelManager:
         The file is verified (size, containment, checksum) first; the switch
         and its audit row are one transaction.  Returns from/to ids.
         """
-        row = self.session.get(MLModel, model_id)
+        if isinstance(model_id, bool) or not isinstance(model_id, int) or model_id < 1:
+            raise ModelValidationError("model_id", f"must be a positive whole number (got {model_id!r})")
+        if not isinstance(actor, str) or not 1 <= len(actor.strip()) <= 100:
+            raise ModelValidationError("actor", f"must be a non-empty string of at most 100 characters (got {actor!r})")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 200):
+            raise ModelValidationError("reason", "must be a string of at most 200 characters or null")
+        row = self.session.execute(
+            self._meta_query().where(MLModel.id == model_id)
+        ).scalar_one_or_none()
         if row is None:
             raise ModelManagerError(f"model {model_id} does not exist")
         if row.model_path:
-            problem = self._verify_file(row.model_path, row.checksum_sha256)
+            _, problem = self._verify_file(row.model_path, row.checksum_sha256)
             if problem:
                 raise ModelManagerError(f"model {model_id} cannot be activated: {problem}")
         elif not self.session.execute(
@@ -428,10 +444,14 @@ class ModelManager:
         model_type, metric_type = row.model_type, row.metric_type
         self._lock_type(model_type, metric_type)
         previous = self._deactivate_current(model_type, metric_type, keep_id=model_id)
-        self.session.execute(
+        switched = self.session.execute(
             update(MLModel).where(MLModel.id == model_id).values(is_active=True)
             .execution_options(synchronize_session=False)
-        )
+        ).rowcount
+        if switched != 1:
+            # Deleted (cleanup) since we read it: do not leave the type without an active model.
+            self.session.rollback()
+            raise ModelManagerError(f"model {model_id} was deleted while it was being activated")
         self.session.add(ModelActivation(
             model_type=model_type, metric_type=metric_type,
             from_model_id=previous[0] if previous else None, to_model_id=model_id,
@@ -444,19 +464,19 @@ class ModelManager:
         events.emit("model_activated", f"Model {model_id} activated by {actor}", **result)
         return result
 
-    def _verify_file(self, key: str, checksum: Optional[str]) -> Optional[str]:
-        """None when the file is safe to unpickle, else the reason it is not."""
+    def _verify_file(self, key: str, checksum: Optional[str]) -> tuple[Optional[bytes], Optional[str]]:
+        """``(bytes, None)`` when the file is safe to unpickle, else ``(None, the reason it is not)``."""
         if not checksum:
-            return "no checksum recorded"
+            return None, "no checksum recorded"
         try:
             data = self.store.read(key, self.max_bytes)
         except FileNotFoundError:
-            return f"file {key!r} is missing"
+            return None, f"file {key!r} is missing"
         except (OSError, ModelStoreError) as exc:
-            return str(exc)
+            return None, str(exc)
         if hashlib.sha256(data).hexdigest() != checksum:
-            return f"file {key!r} does not match its recorded checksum"
-        return None
+            return None, f"file {key!r} does not match its recorded checksum"
+        return data, None
 
     # -------------------------------------------------------------------- load
     def load_model_from_file(self, model_type: str, metric_type: str) -> Optional[Any]:
@@ -525,17 +545,24 @@ class ModelManager:
             return self._outcome(None, meta.id, "none", "no_model_file", started, key,
                                  f"model {meta.id} is a legacy row without a file")
 
-        with self._key_lock(key):
-            # Another thread may have loaded it while we waited.
-            entry = self._cached(key, token, fresh_only=False)
-            if entry is not None and entry.model_id == meta.id and entry.checksum == meta.checksum_sha256:
-                with self._lock:
-                    entry.token, entry.validated_at = token, time.monotonic()
-                return self._outcome(entry.model, entry.model_id, "cache", None, started, key)
+        if self.cache_size:
+            with self._key_lock(key):
+                # Another thread may have loaded it while we waited.
+                entry = self._cached(key, token, fresh_only=False)
+                if entry is not None and entry.model_id == meta.id and entry.checksum == meta.checksum_sha256:
+                    with self._lock:
+                        entry.token, entry.validated_at = token, time.monotonic()
+                    return self._outcome(entry.model, entry.model_id, "cache", None, started, key)
+                model, reason, detail = self._read_verified(meta)
+                if model is not None:
+                    self._remember(key, _CacheEntry(model, meta.id, meta.checksum_sha256, token, time.monotonic()))
+        else:
+            # No cache, so a waiting thread would have nothing to reuse: do not
+            # queue same-model loads behind one lock (reads and SHA-256 release
+            # the GIL, so concurrent loads overlap there).
             model, reason, detail = self._read_verified(meta)
-            if model is None:
-                return self._outcome(None, meta.id, "none", reason, started, key, detail)
-            self._remember(key, _CacheEntry(model, meta.id, meta.checksum_sha256, token, time.monotonic()))
+        if model is None:
+            return self._outcome(None, meta.id, "none", reason, started, key, detail)
         return self._outcome(model, meta.id, "file", None, started, key)
 
     def _rollback_quietly(self) -> None:
@@ -559,16 +586,20 @@ class ModelManager:
     def _read_with_retry(self, key: str) -> bytes:
         """Read ``key``; transient OS errors are retried after each of ``retry_delays``."""
         delays = list(self.retry_delays)
+        attempt = 0
         while True:
+            attempt += 1
             try:
                 return self.store.read(key, self.max_bytes)
-            except (FileNotFoundError, PermissionError, IsADirectoryError, ModelStoreError):
-                raise
             except OSError as exc:
-                if not delays:
+                # Only errors that can clear by themselves are retried; a
+                # missing file or a symlink loop will not fix itself in 7 s.
+                if exc.errno not in TRANSIENT_ERRNOS or not delays:
                     raise
                 delay = delays.pop(0)
-                logger.warning("transient read error on %s (%s); retrying in %.3gs", key, exc, delay)
+                events.emit("model_read_retry", f"transient read error on {key} ({exc}); retrying in {delay:.3g}s",
+                            level=logging.WARNING, key=key, attempt=attempt, delay_s=delay,
+                            error=errno.errorcode.get(exc.errno or 0, str(exc.errno)))
                 time.sleep(delay)
 
     def _read_verified(self, meta: _ActiveMeta) -> tuple[Any, Optional[str], Optional[str]]:
@@ -746,11 +777,16 @@ class ModelManager:
         if doomed:
             ids = [row_id for row_id, _ in doomed]
             # is_active guard: a version activated since we looked is not deleted.
-            deleted_ids = set(self.session.execute(
-                MLModel.__table__.delete().where(MLModel.id.in_(ids), MLModel.is_active.is_(False))
-                .returning(MLModel.id)
-            ).scalars())
-            self.session.commit()
+            try:
+                deleted_ids = set(self.session.execute(
+                    MLModel.__table__.delete().where(MLModel.id.in_(ids), MLModel.is_active.is_(False))
+                    .returning(MLModel.id)
+                ).scalars())
+                self.session.commit()
+            except BaseException:
+                # Nothing was deleted, so no file is touched either.
+                self._rollback_quietly()
+                raise
             doomed = [(row_id, key) for row_id, key in doomed if row_id in deleted_ids]
 
         freed = 0
@@ -819,25 +855,37 @@ class ModelManager:
 
         Each BLOB is checked to unpickle, written atomically, read back and
         compared byte for byte; the BLOB stays (the fallback) unless
-        ``purge_blobs``.  Rows that already have a file are skipped; a failing
-        row is reported in ``errors`` and does not stop the others.  A dry run
-        writes nothing, to the database or to disk.
+        ``purge_blobs``, which also drops the BLOBs of rows migrated earlier
+        once their file verifies (``purged``).  Rows that already have a file
+        are otherwise skipped; a failing row is reported in ``errors`` and does
+        not stop the others.  A dry run writes nothing, to the database or to
+        disk.  Extra keys: ``purged``, ``total_size_bytes``, ``total_size_mb``,
+        ``dry_run``, ``purge_blobs`` and ``models`` (one entry per row handled).
         """
         candidates = self.session.execute(
-            select(MLModel.id, MLModel.model_type, MLModel.metric_type, func.length(MLModel.model_data))
+            select(MLModel.id, MLModel.model_type, MLModel.metric_type)
             .where(MLModel.model_data.is_not(None), MLModel.model_path.is_(None))
             .order_by(MLModel.id)
         ).all()
+        # Already migrated rows that still carry their BLOB: purged on request
+        # (after re-verifying the file), otherwise skipped.
+        purgeable = self.session.execute(
+            select(MLModel.id, MLModel.model_type, MLModel.metric_type)
+            .where(MLModel.model_data.is_not(None), MLModel.model_path.is_not(None))
+            .order_by(MLModel.id)
+        ).all() if purge_blobs else []
         skipped = self.session.execute(
             select(func.count()).select_from(MLModel).where(MLModel.model_path.is_not(None))
-        ).scalar_one()
+        ).scalar_one() - len(purgeable)
         self.session.rollback()  # end the read transaction before long work
-        result: dict[str, Any] = {"migrated": 0, "failed": 0, "skipped": skipped, "errors": [],
-                                  "total_size_bytes": 0, "dry_run": dry_run, "models": []}
-        for row_id, model_type, metric_type, _length in candidates:
+        result: dict[str, Any] = {"migrated": 0, "failed": 0, "skipped": skipped, "errors": [], "purged": 0,
+                                  "total_size_bytes": 0, "dry_run": dry_run, "purge_blobs": purge_blobs,
+                                  "models": []}
+        work = [(row, self._migrate_one) for row in candidates] + [(row, self._purge_one) for row in purgeable]
+        for (row_id, model_type, metric_type), step in work:
             line = {"id": row_id, "model_type": model_type, "metric_type": metric_type}
             try:
-                line.update(self._migrate_one(row_id, dry_run=dry_run, purge_blob=purge_blobs))
+                line.update(step(row_id, dry_run=dry_run, purge_blob=purge_blobs))
             except Exception as exc:  # one bad row must not stop the rest
                 self._rollback_quietly()
                 result["failed"] += 1
@@ -848,15 +896,43 @@ class ModelManager:
             else:
                 if line["status"] == "skipped":
                     result["skipped"] += 1
+                elif line["status"] in ("purged", "would_purge"):
+                    result["purged"] += 1
                 else:
                     result["migrated"] += 1
                     result["total_size_bytes"] += line["size_bytes"]
             result["models"].append(line)
         result["total_size_mb"] = round(result["total_size_bytes"] / (1024 * 1024), 3)
-        if not dry_run and result["migrated"]:
+        if not dry_run and (result["migrated"] or result["purged"]):
             events.emit("models_migrated", f"Migrated {result['migrated']} models from database to filesystem",
-                        migrated=result["migrated"], failed=result["failed"], skipped=result["skipped"])
+                        migrated=result["migrated"], failed=result["failed"], skipped=result["skipped"],
+                        purged=result["purged"])
         return result
+
+    def _purge_one(self, row_id: int, dry_run: bool, purge_blob: bool = True) -> dict[str, Any]:
+        """Drop the BLOB of an already migrated row once its file proves identical."""
+        key, checksum, blob = self.session.execute(
+            select(MLModel.model_path, MLModel.checksum_sha256, MLModel.model_data).where(MLModel.id == row_id)
+        ).one()
+        self.session.rollback()
+        data, problem = self._verify_file(key, checksum)
+        if problem:
+            raise ModelManagerError(f"BLOB kept: {problem}")
+        if (gzip.decompress(data) if key.endswith(".gz") else data) != blob:
+            raise ModelManagerError(f"BLOB kept: it differs from file {key!r}")
+        if dry_run:
+            return {"status": "would_purge", "size_bytes": len(blob)}
+        updated = self.session.execute(
+            update(MLModel).where(MLModel.id == row_id, MLModel.model_path == key).values(model_data=None)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if updated != 1:
+            self.session.rollback()
+            raise ModelManagerError("BLOB kept: the row changed while it was being purged")
+        self.session.commit()
+        events.emit("model_blob_purged", f"Purged the BLOB of model {row_id} (file {key} verified)",
+                    model_id=row_id, key=key, size_bytes=len(blob))
+        return {"status": "purged", "size_bytes": len(blob), "path": self.store.locate(key)}
 
     def _migrate_one(self, row_id: int, dry_run: bool, purge_blob: bool) -> dict[str, Any]:
         data = self.session.execute(select(MLModel.model_data).where(MLModel.id == row_id)).scalar_one()
@@ -900,7 +976,7 @@ class ModelManager:
             self.store.delete(key)
             raise
         events.emit("model_migrated", f"Migrated model {row_id} to {key}", model_id=row_id, key=key,
-                    size_bytes=len(data))
+                    size_bytes=len(data), model_type=meta.model_type, metric_type=meta.metric_type)
         return {"status": "migrated", "size_bytes": len(data), "path": self.store.locate(key),
                 "checksum_sha256": digest, "blob_purged": purge_blob}
 

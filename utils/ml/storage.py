@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -90,7 +91,10 @@ class LocalModelStore(ModelStore):
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).expanduser().resolve()
-        self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if not self.root.is_dir():
+            self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
+            # mkdir's mode is masked by the umask; the contract says 755.
+            os.chmod(self.root, 0o755)
 
     # -- paths -------------------------------------------------------------
     def resolve(self, key: str) -> Path:
@@ -104,6 +108,19 @@ class LocalModelStore(ModelStore):
             raise UnsafePathError(f"model key {key!r} is empty or contains NUL")
         path = (self.root / key).resolve()
         if path == self.root or not path.is_relative_to(self.root):
+            raise UnsafePathError(f"model key {key!r} resolves outside {self.root}")
+        return path
+
+    def _entry(self, key: str) -> Path:
+        """The directory entry named by ``key`` itself, without following a final symlink.
+
+        Used to delete: removing a symlink must remove the link, never the file
+        it points at (which could be another model's file).
+        """
+        if not key or "\x00" in key:
+            raise UnsafePathError(f"model key {key!r} is empty or contains NUL")
+        path = Path(os.path.normpath(self.root / key))
+        if path.name in ("", ".", "..") or not path.parent.resolve().is_relative_to(self.root):
             raise UnsafePathError(f"model key {key!r} resolves outside {self.root}")
         return path
 
@@ -169,8 +186,15 @@ class LocalModelStore(ModelStore):
     # -- reading -------------------------------------------------------------
     def read(self, key: str, max_bytes: int) -> bytes:
         path = self.resolve(key)
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
+        # O_NOFOLLOW: the checked path cannot be swapped for a symlink before
+        # the open.  O_NONBLOCK: a FIFO planted under a model's name must not
+        # hang the loader (it is refused below as not a regular file).
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as handle:
+            st = os.fstat(handle.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ModelStoreError(f"model key {key!r} is not a regular file")
+            size = st.st_size
             if size > max_bytes:
                 raise ModelTooLargeError(
                     f"model file {key!r} is {size} bytes, over the limit of {max_bytes} bytes (ML_MAX_MODEL_MB)"
@@ -188,9 +212,9 @@ class LocalModelStore(ModelStore):
             return None
 
     def delete(self, key: str) -> int:
-        path = self.resolve(key)
+        path = self._entry(key)
         try:
-            size = path.stat().st_size
+            size = path.lstat().st_size
             path.unlink()
         except FileNotFoundError:
             return 0

@@ -1,0 +1,41 @@
+#!/usr/bin/env python
+"""Copy every legacy BLOB model in ``ml_models`` to a verified file.
+
+    python migrate_models_to_filesystem.py --dry-run        # report only; writes nothing
+    python migrate_models_to_filesystem.py                  # migrate, keep the BLOBs as the fallback
+    python migrate_models_to_filesystem.py --purge-blobs    # migrate and drop the verified BLOBs
+
+Reads ``DATABASE_URL`` and ``ML_MODELS_DIR`` like the service (``config.py``).
+The same command as ``flask ml migrate``: this runs that very click command, so
+options, per-model lines, the summary and the exit status (1 if any model
+failed) are identical.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+from flask.cli import ScriptInfo
+
+
+def _create_app():
+    # Imported only when the command runs (not for --help or a usage error).
+    from app import create_app
+
+    return create_app()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    from utils.ml.cli_models import migrate_command
+
+    # ScriptInfo(create_app=...) is how ``with_appcontext`` finds the app
+    # outside the ``flask`` command.
+    migrate_command.main(
+        args=list(sys.argv[1:] if argv is None else argv),
+        prog_name="migrate_models_to_filesystem.py",
+        obj=ScriptInfo(create_app=_create_app),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""``flask ml list | info | cleanup | migrate | activate``: the model store from a shell.
+
+A thin layer: every command calls one ``ModelManager`` method and prints what
+it returns.  Failures exit 1 with one line on stderr (``raise fail(...)``).
+``migrate_models_to_filesystem.py`` runs :data:`migrate_command` itself, so
+the script and ``flask ml migrate`` share their options and their output.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Iterable, Optional
+
+import click
+from flask import current_app
+from sqlalchemy.exc import SQLAlchemyError
+
+from utils.ml.cli import fail, ml_cli
+from utils.ml.model_manager import ModelManager, ModelManagerError, get_model_manager
+from utils.ml.storage import ModelStoreError
+
+_LIST_COLUMNS = (
+    ("id", "id"), ("model_type", "model type"), ("metric_type", "metric type"), ("is_active", "active"),
+    ("storage", "storage"), ("size_kb", "size KB"), ("accuracy", "accuracy"), ("created_at", "created (UTC)"),
+    ("storage_key", "file"),
+)
+
+
+def _manager() -> ModelManager:
+    try:
+        return get_model_manager(current_app._get_current_object())
+    except (OSError, ModelStoreError, ValueError) as exc:
+        raise fail(f"models directory {current_app.config['ML_MODELS_DIR']!r} is unusable: {exc}") from exc
+
+
+def _call(method: str, *args: Any, **kwargs: Any) -> Any:
+    """Run one ModelManager method; any refusal becomes a one-line failure."""
+    manager = _manager()
+    try:
+        return getattr(manager, method)(*args, **kwargs)
+    except (ModelManagerError, ModelStoreError, OSError) as exc:
+        raise fail(str(exc)) from exc
+    except SQLAlchemyError as exc:
+        first = str(exc.orig if getattr(exc, "orig", None) is not None else exc).strip().splitlines()[0]
+        raise fail(f"database error ({exc.__class__.__name__}): {first}; is the schema at head (flask db upgrade)?") \
+            from exc
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if hasattr(value, "strftime"):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def format_table(rows: Iterable[dict[str, Any]], columns: Iterable[tuple[str, str]]) -> list[str]:
+    """Plain aligned text columns (no dependency for a table)."""
+    columns = list(columns)
+    cells = [[_cell(row.get(key)) for key, _ in columns] for row in rows]
+    headers = [title for _, title in columns]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    out.append("  ".join("-" * w for w in widths))
+    out.extend("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+    return out
+
+
+def _dump_json(value: Any) -> str:
+    return json.dumps(value, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v), indent=2)
+
+
+@ml_cli.command("list")
+@click.option("--model-type", default=None, help="Only this model type.")
+@click.option("--metric-type", default=None, help="Only this metric type.")
+@click.option("--active-only", is_flag=True, help="Only the active version of each type.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_command(model_type: Optional[str], metric_type: Optional[str], active_only: bool, as_json: bool) -> None:
+    """List every model version (file-backed and legacy BLOB rows), newest first."""
+    models = _call("list_models", model_type, metric_type, active=True if active_only else None)
+    if as_json:
+        click.echo(_dump_json(models))
+        return
+    if not models:
+        click.echo("No models.")
+        return
+    for line in format_table(models, _LIST_COLUMNS):
+        click.echo(line)
+
+
+@ml_cli.command("info")
+@click.option("--model-type", default="isolation_forest", show_default=True, help="Model type.")
+@click.option("--metric-type", required=True, help="Metric type, e.g. stok_seviye.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info_command(model_type: str, metric_type: str, as_json: bool) -> None:
+    """Show the active version of one (model type, metric type)."""
+    info = _call("get_model_info", model_type, metric_type)
+    if info is None:
+        raise fail(f"no model for model_type={model_type!r} metric_type={metric_type!r}")
+    if as_json:
+        click.echo(_dump_json(info))
+        return
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        click.echo(f"{key.ljust(width)}  {_cell(value) if not isinstance(value, dict) else json.dumps(value)}")
+
+
+@ml_cli.command("cleanup")
+@click.option("--keep", type=click.IntRange(min=1), default=None,
+              help="Versions kept per (model type, metric type); default ML_KEEP_VERSIONS.")
+def cleanup_command(keep: Optional[int]) -> None:
+    """Delete old versions (never the active one) and orphan files, then report."""
+    keep = keep if keep is not None else int(current_app.config["ML_KEEP_VERSIONS"])
+    result = _call("cleanup_old_models", keep_versions=keep)
+    click.echo(f"🗑️  Deleted {result['deleted_count']} old versions (kept {keep} per type), "
+               f"{result['orphans_deleted']} orphan and {result['temp_files_deleted']} temporary files; "
+               f"freed {result['freed_space_mb']} MB")
+    disk = result.get("disk") or {}
+    if disk:
+        click.echo(f"💽 Disk: {disk['used_gb']} of {disk['total_gb']} GB used ({disk['percent']}%)")
+    for error in result["errors"]:
+        click.echo(f"❌ {error}", err=True)
+    if result["errors"]:
+        raise fail(f"cleanup finished with {len(result['errors'])} error(s)")
+
+
+@ml_cli.command("activate")
+@click.argument("model_id", type=click.IntRange(min=1))
+@click.option("--reason", default="activated from the command line", show_default=True,
+              help="Recorded in the activation audit trail.")
+def activate_command(model_id: int, reason: str) -> None:
+    """Make MODEL_ID the active version of its type (rollback or promotion)."""
+    result = _call("activate_model", model_id, actor="cli", reason=reason)
+    previous = result["from_model_id"]
+    click.echo(f"✅ Model {model_id} is now active for {result['model_type']}/{result['metric_type']}"
+               f" (previously {previous if previous is not None else 'none'})")
+
+
+# ------------------------------------------------------------------ migrate
+_STATUS_LINES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "migrated": lambda m: f"✅ model {m['id']} {m['model_type']}/{m['metric_type']} -> {m['path']} "
+                          f"({m['size_bytes'] / 1024:.1f} KB{', BLOB purged' if m.get('blob_purged') else ''})",
+    "would_migrate": lambda m: f"🔎 model {m['id']} {m['model_type']}/{m['metric_type']} would be migrated "
+                               f"({m['size_bytes'] / 1024:.1f} KB)",
+    "purged": lambda m: f"🧹 model {m['id']} {m['model_type']}/{m['metric_type']} BLOB purged "
+                        f"({m['size_bytes'] / 1024:.1f} KB; file verified: {m['path']})",
+    "would_purge": lambda m: f"🔎 model {m['id']} {m['model_type']}/{m['metric_type']} BLOB would be purged "
+                             f"({m['size_bytes'] / 1024:.1f} KB)",
+    "skipped": lambda m: f"⏭️  model {m['id']} {m['model_type']}/{m['metric_type']} skipped (already migrated)",
+    "failed": lambda m: f"❌ model {m['id']} {m['model_type']}/{m['metric_type']} failed: {m['error']}",
+}
+
+
+def migration_report(result: dict[str, Any]) -> list[str]:
+    """Per-model lines, then the seed's summary (migrated / failed / skipped / total size)."""
+    lines = [_STATUS_LINES[m["status"]](m) for m in result["models"]]
+    if result["dry_run"]:
+        lines.append("Dry run: nothing was written to the database or the models directory.")
+        lines.append(f"🔎 Would migrate: {result['migrated']} models")
+    else:
+        lines.append(f"✅ Migrated: {result['migrated']} models")
+    lines.append(f"❌ Failed: {result['failed']} models")
+    lines.append(f"⏭️  Skipped: {result['skipped']} models (already migrated)")
+    if result.get("purge_blobs"):
+        lines.append(f"🧹 {'Would purge' if result['dry_run'] else 'Purged'}: {result['purged']} BLOBs "
+                     "of already migrated models")
+    lines.append(f"💾 Total size: {result['total_size_bytes'] / (1024 * 1024):.2f} MB "
+                 f"({result['total_size_bytes']} bytes)")
+    return lines
+
+
+@ml_cli.command("migrate")
+@click.option("--dry-run", is_flag=True, help="Report what would be migrated; write nothing anywhere.")
+@click.option("--purge-blobs", is_flag=True,
+              help="Set model_data to NULL once the file is verified, also for models migrated earlier "
+                   "(default: keep the BLOB as the fallback).")
+def migrate_command(dry_run: bool, purge_blobs: bool) -> None:
+    """Copy every legacy BLOB model to a verified file and record its path and checksum.
+
+    Also available as: python migrate_models_to_filesystem.py.  Run it with
+    --dry-run first.  Exits 1 if any model failed; the others are migrated
+    all the same.
+    """
+    result = _call("migrate_from_database", dry_run=dry_run, purge_blobs=purge_blobs)
+    for line in migration_report(result):
+        click.echo(line)
+    if result["failed"]:
+        raise fail(f"{result['failed']} model(s) failed to migrate; see the lines above")
