@@ -85,3 +85,22 @@ def test_an_unmigrated_schema_fails_with_one_line(tmp_path):
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: database error") and "flask db upgrade" in last
+
+
+def test_a_dry_run_does_not_even_create_a_missing_models_directory(empty_database_url, tmp_path):
+    """An operator points the dry run at the volume path before mounting it: nothing
+    may appear on disk, not even the directory; the real run then creates it."""
+    url = empty_database_url
+    staging = tmp_path / "staging"
+    build_legacy_database(url, staging, legacy_rows([("stok_seviye", True), ("dolum_sure", True)]))
+    missing = tmp_path / "not-yet-mounted" / "ml_models"
+    before = table_dump(url)
+
+    dry = _run(_operator_url(url), missing, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "🔎 Would migrate: 2 models" in dry.stdout
+    assert not missing.parent.exists() and table_dump(url) == before
+
+    real = _run(_operator_url(url), missing)
+    assert real.returncode == 0, real.stderr
+    assert len(listing(missing)) == 2

@@ -15,6 +15,7 @@ from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 
 from utils.ml.cli import fail, ml_cli
+from utils.extensions import db
 from utils.ml.model_manager import ModelManager, ModelManagerError, get_model_manager
 from utils.ml.storage import ModelStoreError
 
@@ -25,16 +26,19 @@ _LIST_COLUMNS = (
 )
 
 
-def _manager() -> ModelManager:
+def _manager(create_directory: bool = True) -> ModelManager:
     try:
+        if not create_directory:
+            # A private manager that never creates the models directory (dry runs).
+            return ModelManager(db, models_dir=current_app.config["ML_MODELS_DIR"], create_directory=False)
         return get_model_manager(current_app._get_current_object())
     except (OSError, ModelStoreError, ValueError) as exc:
         raise fail(f"models directory {current_app.config['ML_MODELS_DIR']!r} is unusable: {exc}") from exc
 
 
-def _call(method: str, *args: Any, **kwargs: Any) -> Any:
+def _call(method: str, *args: Any, via: Optional[ModelManager] = None, **kwargs: Any) -> Any:
     """Run one ModelManager method; any refusal becomes a one-line failure."""
-    manager = _manager()
+    manager = via or _manager()
     try:
         return getattr(manager, method)(*args, **kwargs)
     except (ModelManagerError, ModelStoreError, OSError) as exc:
@@ -184,7 +188,9 @@ def migrate_command(dry_run: bool, purge_blobs: bool) -> None:
     --dry-run first.  Exits 1 if any model failed; the others are migrated
     all the same.
     """
-    result = _call("migrate_from_database", dry_run=dry_run, purge_blobs=purge_blobs)
+    # A dry run changes nothing on disk either: not even a missing models directory.
+    result = _call("migrate_from_database", via=_manager(create_directory=not dry_run),
+                   dry_run=dry_run, purge_blobs=purge_blobs)
     for line in migration_report(result):
         click.echo(line)
     if result["failed"]:

@@ -89,9 +89,10 @@ class ModelStore(ABC):
 class LocalModelStore(ModelStore):
     """Files in one directory (755), each file 644, written temp-fsync-rename."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], create: bool = True) -> None:
+        """``create=False`` leaves a missing directory missing (a dry run touches nothing)."""
         self.root = Path(root).expanduser().resolve()
-        if not self.root.is_dir():
+        if create and not self.root.is_dir():
             self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
             # mkdir's mode is masked by the umask; the contract says 755.
             os.chmod(self.root, 0o755)
@@ -199,8 +200,11 @@ class LocalModelStore(ModelStore):
                 raise ModelTooLargeError(
                     f"model file {key!r} is {size} bytes, over the limit of {max_bytes} bytes (ML_MAX_MODEL_MB)"
                 )
-            # Read at most one byte past the limit: a file growing under us is caught too.
-            data = handle.read(max_bytes + 1)
+            # One byte past the size fstat gave: a file growing under us is
+            # noticed without allocating a max_bytes buffer for every load.
+            data = handle.read(size + 1)
+            if len(data) > size:
+                data += handle.read(max_bytes + 1 - len(data))
         if len(data) > max_bytes:
             raise ModelTooLargeError(f"model file {key!r} grew past {max_bytes} bytes while being read")
         return data
@@ -286,7 +290,7 @@ class LocalModelStore(ModelStore):
 STORE_SCHEMES: dict[str, type[ModelStore]] = {"": LocalModelStore, "file": LocalModelStore}
 
 
-def open_store(location: str) -> ModelStore:
+def open_store(location: str, create: bool = True) -> ModelStore:
     """The store for ``location``: a plain path or ``file://`` URL is local."""
     parsed = urlparse(location)
     scheme = parsed.scheme.lower()
@@ -299,5 +303,5 @@ def open_store(location: str) -> ModelStore:
             f"ML_MODELS_DIR={location!r}: unsupported store scheme {scheme!r} (supported: a path or file://)"
         ) from None
     if scheme == "file":
-        return cls(parsed.path)
-    return cls(location)
+        return cls(parsed.path, create=create)
+    return cls(location, create=create)
