@@ -81,6 +81,10 @@ class Config:
     ML_METRICS_PORT = _int("ML_METRICS_PORT", 0)
     ML_METRICS_ADDR = os.environ.get("ML_METRICS_ADDR") or "0.0.0.0"
 
+    # One JSON object per log line (json) or human-readable lines (text).
+    ML_LOG_FORMAT = os.environ.get("ML_LOG_FORMAT") or "json"
+    ML_LOG_LEVEL = os.environ.get("ML_LOG_LEVEL") or "INFO"
+
     ML_ENABLED = _bool("ML_ENABLED", True)
     ML_MODELS_DIR = os.environ.get("ML_MODELS_DIR") or str(BASE_DIR / "ml_models")
     ML_SCHEDULER_ENABLED = _bool("ML_SCHEDULER_ENABLED", False)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from datetime import datetime, timezone
 from typing import Any
@@ -46,18 +45,18 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
     root = logging.getLogger()
     if getattr(root, _CONFIGURED_ATTR, False):
         return
-    fmt = (fmt or os.environ.get("ML_LOG_FORMAT") or "json").lower()
+    fmt = (fmt or "json").lower()
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "text":
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     else:
         handler.setFormatter(JsonFormatter())
     root.addHandler(handler)
-    root.setLevel((level or os.environ.get("ML_LOG_LEVEL") or "INFO").upper())
+    root.setLevel((level or "INFO").upper())
     setattr(root, _CONFIGURED_ATTR, True)
 
 
 def init_app(app: Flask) -> None:
     # Under pytest the capture plugin owns the root logger; leave it alone.
     if not app.config.get("TESTING"):
-        configure_logging()
+        configure_logging(app.config["ML_LOG_FORMAT"], app.config["ML_LOG_LEVEL"])
