@@ -2,6 +2,6 @@
 # The whole test suite. Called by `make test` (and so by .ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The dashboard tests drive Debian's Chromium (installed here if missing).
-bash scripts/ensure_chromium.sh
+# Debian's Chromium (dashboard browser tests) and promtool, installed if missing.
+bash scripts/ensure_test_tools.sh
 exec .venv/bin/python -m pytest "$@"

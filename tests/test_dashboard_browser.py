@@ -5,7 +5,7 @@ port, on both databases.  The browser signs in, sees the models table and
 the three charts, rolls ``stok_seviye`` back to its previous version, sees
 the active version change, and saves a screenshot to ``test-artifacts/``
 (``UPDATE_DOCS_SCREENSHOT=1`` also refreshes ``docs/dashboard.png``, the
-README's picture).  Chromium comes from ``scripts/ensure_chromium.sh``;
+README's picture).  Chromium comes from ``scripts/ensure_test_tools.sh``;
 ``playwright install`` is never run.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ METRIC_TYPES = ("stok_seviye", "tuketim_miktar", "dolum_sure")
 def browser():
     sync_api = pytest.importorskip("playwright.sync_api")
     if not os.access(CHROMIUM, os.X_OK):
-        message = f"{CHROMIUM} is missing: run scripts/ensure_chromium.sh"
+        message = f"{CHROMIUM} is missing: run scripts/ensure_test_tools.sh"
         if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
