@@ -181,3 +181,37 @@ def test_elector_whose_connection_is_killed_loses_leadership_to_a_follower(pg_da
     # a acquires; then a loses and b acquires (in either order); at the end b releases.
     assert len(changes) == 4 and changes[0] == (True, "acquired") and changes[3] == (False, "released")
     assert sorted(changes[1:3]) == [(False, "lost"), (True, "acquired")]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_lock_keeper_keeps_renewing_after_one_failed_renewal(database_url):
+    """A renewal that fails once (the database busy for a moment) must not end the
+    keeper: the lease would then lapse while its job still runs and another process
+    could start the same job.  (SQLite: the fault is another writer holding the
+    database lock past the busy timeout; advisory locks need no keeper.)"""
+    import sqlalchemy as sa
+
+    from utils.ml.leader import LockKeeper
+
+    # The real lease lock on a real engine, with a short busy timeout so the fault is quick.
+    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool, connect_args={"timeout": 0.3})
+    lock = LeaseLock(engine, "job:test_keeper", ttl_seconds=3.0, holder="host-a:1:aaaa")
+    blocker = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    try:
+        assert lock.try_acquire() is True
+        with LockKeeper(lock, every_seconds=0.1) as keeper:
+            raw = blocker.raw_connection()
+            try:
+                raw.execute("BEGIN IMMEDIATE")  # holds SQLite's write lock: renewals fail meanwhile
+                _wait(lambda: lock.held is False, 5, "a renewal to fail while the database is locked")
+                blocked_until = sql(database_url, "SELECT expires_at FROM ml_scheduler_leases")[0][0]
+            finally:
+                raw.rollback()
+                raw.close()
+            _wait(lambda: sql(database_url, "SELECT expires_at FROM ml_scheduler_leases")[0][0] > blocked_until,
+                  2, "the keeper to renew the lease again once the database is free")
+            assert lock.held is True and keeper._thread.is_alive()
+    finally:
+        lock.release()
+        engine.dispose()
+        blocker.dispose()

@@ -199,3 +199,49 @@ def test_internal_metric_types_are_never_scanned(app_ctx):
     assert db.session.get(ScanWatermark, "model_load_time") is None
     with pytest.raises(ValueError, match="internal"):
         run_scan("model_load_time")
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_an_observation_committed_late_with_a_lower_id_is_not_skipped(app, database_url):
+    """PostgreSQL gives ids at insert time, not at commit: a transaction holding id N may
+    commit after another holding N+1.  Real interleaving on two connections: the scan must
+    wait for the in-flight insert instead of moving the watermark past it.  (PostgreSQL
+    only: SQLite has one writer at a time, so its ids become visible in order.)"""
+    import time
+
+    import sqlalchemy as sa
+
+    row = {"metric_type": "stok_seviye", "metric_value": 5.0, "timestamp": datetime.now(timezone.utc)}
+    engine = sa.create_engine(database_url)
+    slow = engine.connect()
+    try:
+        slow_tx = slow.begin()
+        late_id = slow.execute(sa.insert(MLMetric).values(entity_id=1, **row).returning(MLMetric.id)).scalar_one()
+        with engine.begin() as fast:
+            early_id = fast.execute(sa.insert(MLMetric).values(entity_id=2, **row).returning(MLMetric.id)).scalar_one()
+        assert late_id < early_id  # the lower id is the one still uncommitted
+
+        result: dict = {}
+
+        def scan() -> None:
+            with app.app_context():
+                result["scan"] = run_scan("stok_seviye")
+
+        worker = threading.Thread(target=scan)
+        started = time.monotonic()
+        worker.start()
+        time.sleep(0.5)
+        assert worker.is_alive(), "the scan did not wait for the insert still in flight"
+        slow_tx.commit()
+        worker.join(timeout=30)
+        waited = time.monotonic() - started
+    finally:
+        slow.close()
+        engine.dispose()
+
+    assert result["scan"]["scanned"] == 2 and waited >= 0.5
+    with app.app_context():
+        watermark = db.session.get(ScanWatermark, "stok_seviye").last_observation_id
+        assert watermark == early_id
+        # Nothing is left behind the watermark: a second scan has nothing to do.
+        assert run_scan("stok_seviye")["scanned"] == 0

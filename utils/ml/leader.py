@@ -327,10 +327,18 @@ class LockKeeper:
         return self
 
     def _run(self) -> None:
+        # A failed renewal (the database busy or away for a moment) is retried at
+        # the next beat, never given up: the lease stays ours until it expires and
+        # a renewal re-takes it, whereas stopping would let it lapse while the task
+        # still runs, so another process could start the same job.
+        lost = False
         while not self._stop.wait(self.every):
-            if not self.lock.verify():
-                logger.warning("lock %s was lost while its task was still running", self.lock.name)
-                return
+            held = self.lock.verify()
+            if not held and not lost:
+                logger.warning("lock %s was lost while its task was still running; retrying", self.lock.name)
+            elif held and lost:
+                logger.warning("lock %s is held again", self.lock.name)
+            lost = not held
 
     def __exit__(self, *exc_info: Any) -> None:
         self._stop.set()

@@ -4,8 +4,10 @@
 (internal figures excluded):
 
 * the new rows are those with ``id`` above the metric type's watermark in
-  ``ml_scan_watermarks`` and at most the largest id seen when the scan
-  started (rows arriving meanwhile wait for the next scan);
+  ``ml_scan_watermarks`` and at most the largest *settled* id when the scan
+  started (see :func:`settled_upper_bound`: on PostgreSQL an insert still in
+  flight with a lower id is waited for, never skipped; rows arriving
+  meanwhile wait for the next scan);
 * they are read and scored in batches of ``ML_SCAN_BATCH_SIZE`` with one
   :class:`~utils.ml.anomaly_detector.DetectorChain` (the model is loaded
   once per metric type, features are computed for the whole batch at once);
@@ -30,7 +32,7 @@ from typing import Any, Optional
 
 import numpy as np
 from flask import current_app, has_app_context
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from utils.extensions import db
@@ -185,6 +187,33 @@ def _record_load_time(chain: DetectorChain, metric_type: str) -> None:
     db.session.commit()
 
 
+# How long a scan waits for in-flight inserts into ml_metrics before giving up
+# (the scan then fails and the next tick retries; inserts queue behind it meanwhile).
+SETTLE_LOCK_TIMEOUT_MS = 5000
+
+
+def settled_upper_bound(metric_type: str) -> Optional[int]:
+    """The largest id of ``metric_type`` at or below which no insert is still in flight.
+
+    PostgreSQL hands out ids when a row is inserted, not when it commits: a
+    transaction holding id 100 can commit after one holding 101, and a
+    watermark moved to 101 would skip 100 forever.  ``LOCK TABLE ... IN SHARE
+    MODE`` waits for every transaction that has inserted into ml_metrics (they
+    hold ROW EXCLUSIVE until they end) and is released as soon as ``max(id)``
+    is read, so every id up to the bound is committed or gone.  SQLite has one
+    writer at a time, so its ids become visible in order and need no lock.
+    """
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.execute(text(f"SET LOCAL lock_timeout = {SETTLE_LOCK_TIMEOUT_MS}"))
+        db.session.execute(text("LOCK TABLE ml_metrics IN SHARE MODE"))
+    try:
+        return db.session.execute(
+            select(func.max(MLMetric.id)).where(MLMetric.metric_type == metric_type)
+        ).scalar()
+    finally:
+        db.session.commit()  # releases the lock at once: inserts wait only for this read
+
+
 def scan_metric_type(metric_type: str, *, batch_size: Optional[int] = None,
                      detector: Optional[AnomalyDetector] = None) -> dict[str, Any]:
     """Scan one metric type's new observations (see the module docstring); return its summary."""
@@ -198,7 +227,7 @@ def scan_metric_type(metric_type: str, *, batch_size: Optional[int] = None,
                                "batches": 0, "method": None, "model_id": None, "source": None, "load_ms": None,
                                "fallback_reasons": [], "watermark": None, "seconds": None}
     _ensure_watermark(metric_type)
-    upper = db.session.execute(select(func.max(MLMetric.id)).where(MLMetric.metric_type == metric_type)).scalar()
+    upper = settled_upper_bound(metric_type)
     summary["watermark"] = db.session.execute(
         select(ScanWatermark.last_observation_id).where(ScanWatermark.metric_type == metric_type)
     ).scalar_one()
