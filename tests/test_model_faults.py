@@ -547,3 +547,46 @@ def test_the_cache_is_bounded(app_ctx):
     assert manager.load_active(T, "dolum_sure").source == "cache"
     assert manager.load_active(T, "stok_seviye").source == "file"  # the least recently used was evicted
     assert len(manager._cache) == 2
+
+
+def test_a_commit_that_lands_but_then_raises_keeps_the_file(app_ctx, mm, saved, models_dir):
+    """A commit can reach the database and still raise in the client (the shape of a
+    lost acknowledgement).  The row then exists, so its file must stay: deleting it
+    would leave the new active row pointing at nothing.  Real fault: an after_commit
+    hook that raises once the database has committed."""
+    def fail_after_commit(session):
+        raise RuntimeError("acknowledgement lost after the commit landed")
+
+    event.listen(db.session, "after_commit", fail_after_commit)
+    try:
+        with pytest.raises(RuntimeError, match="acknowledgement lost"):
+            mm.save_model(make_model(5), T, M)
+    finally:
+        event.remove(db.session, "after_commit", fail_after_commit)
+    db.session.remove()
+    active = db.session.execute(select(MLModel).where(MLModel.is_active.is_(True))).scalar_one()
+    assert active.id != saved[0], "the commit did land: the new version is active"
+    assert (models_dir / active.model_path).is_file()
+    mm.clear_cache()
+    outcome = mm.load_active(T, M)
+    assert (outcome.model_id, outcome.source) == (active.id, "file")
+
+
+def test_cleanup_keeps_a_file_that_a_kept_row_still_uses(app_ctx, mm, saved, models_dir):
+    """Legacy rows can share a file name.  Deleting an old row must not delete the
+    file a kept (here: the active) row still points at."""
+    old_id, _, _ = saved
+    middle = mm.save_model(make_model(2), T, M)
+    newest = mm.save_model(make_model(3), T, M)
+    shared_key, middle_key = newest.model_path, middle.model_path
+    db.session.execute(update(MLModel).where(MLModel.id == old_id).values(
+        model_path=shared_key, checksum_sha256=newest.checksum_sha256))
+    db.session.commit()
+
+    result = mm.cleanup_old_models(keep_versions=1)
+
+    assert result["deleted_count"] == 2 and result["errors"] == []
+    assert (models_dir / shared_key).is_file(), "the active version's file was deleted with an old row"
+    assert not (models_dir / middle_key).exists()
+    mm.clear_cache()
+    assert mm.load_active(T, M).model_id == newest.id

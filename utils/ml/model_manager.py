@@ -358,13 +358,11 @@ class ModelManager:
         try:
             row = self._commit_new_row(row, actor=actor, activate=activate)
         except BaseException as exc:
-            self.session.rollback()
+            self._rollback_quietly()
             # The row is not there, so the file must not be either.
-            try:
-                self.store.delete(key)
-            except (OSError, ModelStoreError) as cleanup_exc:
-                logger.error("could not remove %s after a failed commit: %s", key, cleanup_exc)
-            events.emit("model_save_failed", f"Model row commit failed, file removed: {exc}",
+            removed = self._discard_if_unreferenced(key)
+            events.emit("model_save_failed",
+                        f"Model row commit failed, file {'removed' if removed else 'kept'}: {exc}",
                         model_type=model_type, metric_type=metric_type, key=key, error=str(exc))
             raise
         if activate:
@@ -405,6 +403,34 @@ class ModelManager:
                     raise
                 row = MLModel(**{c.key: getattr(row, c.key) for c in MLModel.__table__.columns if c.key != "id"})
         raise AssertionError("unreachable")
+
+    def _discard_if_unreferenced(self, key: str) -> bool:
+        """After a failed commit, delete ``key``'s file unless a row turned out to use it.
+
+        A commit can reach the server and still raise (the connection drops
+        before the acknowledgement): deleting the file then would leave a row
+        pointing at nothing.  So ask again; if even that fails, keep the file:
+        the orphan sweep of ``cleanup_old_models`` removes it after the grace
+        period if no row ever references it.  Returns True when deleted.
+        """
+        try:
+            referenced = self.session.execute(
+                select(func.count()).select_from(MLModel).where(MLModel.model_path == key)
+            ).scalar_one()
+            self.session.rollback()
+        except SQLAlchemyError as exc:
+            self._rollback_quietly()
+            logger.error("kept %s after a failed commit: cannot tell whether a row uses it (%s)", key, exc)
+            return False
+        if referenced:
+            logger.warning("kept %s: the failed commit did reach the database", key)
+            return False
+        try:
+            self.store.delete(key)
+        except (OSError, ModelStoreError) as exc:
+            logger.error("could not remove %s after a failed commit: %s", key, exc)
+            return False
+        return True
 
     def save_model_to_file(
         self,
@@ -794,8 +820,14 @@ class ModelManager:
         freed = 0
         errors: list[str] = []
         files_deleted = 0
+        # Legacy rows may share a file name: never delete a file a kept row still uses.
+        doomed_keys = [key for _, key in doomed if key]
+        still_used = set(self.session.execute(
+            select(MLModel.model_path).where(MLModel.model_path.in_(doomed_keys))
+        ).scalars()) if doomed_keys else set()
+        self.session.rollback()
         for row_id, key in doomed:
-            if not key:
+            if not key or key in still_used:
                 continue
             try:
                 freed += self.store.delete(key)
@@ -975,7 +1007,7 @@ class ModelManager:
             self.session.commit()
         except BaseException:
             self._rollback_quietly()
-            self.store.delete(key)
+            self._discard_if_unreferenced(key)
             raise
         events.emit("model_migrated", f"Migrated model {row_id} to {key}", model_id=row_id, key=key,
                     size_bytes=len(data), model_type=meta.model_type, metric_type=meta.metric_type)
