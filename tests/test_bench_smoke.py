@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LOAD_VARIANTS = {
     "legacy_blob_reused_connection", "legacy_blob_new_connection", "joblib_load_uncompressed",
     "joblib_load_compressed", "ours_cold", "ours_cold_gzip_file", "ours_blob_fallback",
-    "floor_read_sha256_unpickle", "floor_with_db_lookup", "floor_pickle_protocol4", "ours_warm",
+    "floor_read_sha256_unpickle", "floor_with_db_lookup", "floor_pickle_protocol5", "ours_warm",
 }
 MEMORY_VARIANTS = {"legacy_scan", "legacy_scan_active_rows", "ours_scan", "legacy_list", "ours_list"}
 TARGET_IDS = {"cold_vs_floor", "cold_vs_legacy", "warm_load", "threads_cache_off", "scan_memory",

@@ -215,3 +215,32 @@ def test_lock_keeper_keeps_renewing_after_one_failed_renewal(database_url):
         lock.release()
         engine.dispose()
         blocker.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_lock_keeper_retakes_an_advisory_lock_whose_session_died(database_url):
+    """A job's advisory lock lives in its session.  Real fault: the session is
+    terminated with pg_terminate_backend while the job runs; the keeper must notice
+    and take the lock back, so another process cannot start the same job."""
+    from utils.ml.leader import JOB_LOCK_CLASS, LockKeeper, dedicated_engine
+
+    lock = PgAdvisoryLock(dedicated_engine(database_url, "keeper-test"), "job:test_keeper", JOB_LOCK_CLASS)
+    rival = PgAdvisoryLock(dedicated_engine(database_url, "keeper-rival"), "job:test_keeper", JOB_LOCK_CLASS)
+    try:
+        assert lock.try_acquire() is True
+        with LockKeeper(lock, every_seconds=0.1):
+            first_pid = lock.backend_pid()
+            sql(database_url, "SELECT pg_terminate_backend(:pid)", {"pid": first_pid})
+
+            def holder() -> list:  # seen from outside, as another process would
+                return sql(database_url, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                                         " AND classid = :cls AND objid = :key AND objsubid = 2", lock.params)
+
+            _wait(lambda: holder() and holder()[0][0] != first_pid, 5,
+                  "the keeper to re-take the lock on a new session")
+            assert rival.try_acquire() is False, "another process could take the job's lock"
+    finally:
+        lock.release()
+        rival.release()
+        lock.engine.dispose()
+        rival.engine.dispose()

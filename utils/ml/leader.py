@@ -309,9 +309,12 @@ def make_lock(url: str, name: str, lock_class: int, lease_seconds: float,
 
 
 class LockKeeper:
-    """Renews a lease-based lock in the background while a long task holds it.
+    """Keeps a lock while a long task holds it: renews a lease, checks an advisory lock.
 
-    Advisory locks need no renewal; for them this does nothing.
+    An advisory lock lives as long as its session; if that session dies (a
+    restarted connection, ``pg_terminate_backend``) the lock is gone while the
+    task runs on, so each beat also checks it and re-takes it when nobody else
+    has meanwhile, closing the window in which a second run could start.
     """
 
     def __init__(self, lock: DistributedLock, every_seconds: float) -> None:
@@ -321,9 +324,8 @@ class LockKeeper:
         self._thread: Optional[threading.Thread] = None
 
     def __enter__(self) -> "LockKeeper":
-        if self.lock.needs_renewal:
-            self._thread = threading.Thread(target=self._run, name=f"lock-keeper-{self.lock.name}", daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=self._run, name=f"lock-keeper-{self.lock.name}", daemon=True)
+        self._thread.start()
         return self
 
     def _run(self) -> None:
@@ -333,7 +335,7 @@ class LockKeeper:
         # still runs, so another process could start the same job.
         lost = False
         while not self._stop.wait(self.every):
-            held = self.lock.verify()
+            held = self.lock.verify() or self.lock.try_acquire()
             if not held and not lost:
                 logger.warning("lock %s was lost while its task was still running; retrying", self.lock.name)
             elif held and lost:
