@@ -64,7 +64,6 @@ _LABELS = {
     1: {"label": "anomaly", "anomaly_kind": "global", "source": "demo"},
     2: {"label": "anomaly", "anomaly_kind": "contextual", "source": "demo"},
 }
-KIND_NAMES = {1: "global", 2: "contextual"}
 
 
 @dataclass

@@ -603,8 +603,8 @@ class ModelManager:
                  started: float, key: tuple[str, str], detail: Optional[str] = None) -> LoadOutcome:
         ms = (time.perf_counter() - started) * 1000
         if model is not None:
-            events.emit("model_loaded", None if source != "cache" else "model_loaded",
-                        level=logging.DEBUG if source == "cache" else logging.INFO,
+            # Cache hits are DEBUG: one INFO line per warm load would flood the log.
+            events.emit("model_loaded", level=logging.DEBUG if source == "cache" else logging.INFO,
                         model_id=model_id, model_type=key[0], metric_type=key[1], source=source, ms=round(ms, 3))
         else:
             events.emit("model_load_failed", f"Model not loaded: {key[0]}_{key[1]}: {detail or reason}",

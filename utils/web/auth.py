@@ -7,16 +7,14 @@ with 503: the server, not the caller, is misconfigured.
 """
 from __future__ import annotations
 
-import functools
 import hmac
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, TypeVar
+from typing import Optional
 
 from flask import Response, current_app, request
 
 from utils.web.errors import error_response
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 NOT_CONFIGURED = (
     "ML_ADMIN_TOKEN is not configured on this server; set it in the environment to use this endpoint"
@@ -77,15 +75,3 @@ def check_request() -> Optional[Response]:
     failure = bearer_failure(request.headers.get("Authorization"), current_app.config.get("ML_ADMIN_TOKEN"))
     return failure_response(failure) if failure else None
 
-
-def require_admin_token(view: F) -> F:
-    """Decorate a view so it runs only for requests carrying the admin bearer token."""
-
-    @functools.wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        refused = check_request()
-        if refused is not None:
-            return refused
-        return view(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]

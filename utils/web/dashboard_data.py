@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from utils.extensions import db
 from utils.ml.model_manager import get_model_manager
 from utils.ml.observations import MODEL_LOAD_TIME
-from utils.models import METHOD_FILE, JobRun, MLAlert, MLMetric
+from utils.models import METHOD_FILE, MLAlert, MLMetric
 from utils.time import as_utc, utcnow
 from utils.web.svg_charts import Series
 
@@ -194,19 +194,18 @@ def store_usage() -> dict[str, Any]:
 
 
 def last_job_runs() -> list[dict[str, Any]]:
-    """The latest run of each job (by start time), with its duration."""
-    latest = (select(JobRun.job_name, func.max(JobRun.id).label("id")).group_by(JobRun.job_name).subquery())
-    rows = db.session.execute(
-        select(JobRun).join(latest, JobRun.id == latest.c.id).order_by(JobRun.job_name)
-    ).scalars().all()
+    """The latest run of each job that has run (:func:`utils.ml.jobs.last_runs`), for display."""
+    from utils.ml.jobs import last_runs
+
     result = []
-    for run in rows:
-        started, finished = as_utc(run.started_at), as_utc(run.finished_at) if run.finished_at else None
+    for name, run in sorted(last_runs().items()):
+        if run is None:
+            continue
+        started = datetime.fromisoformat(run["started_at"])
         result.append({
-            "job": run.job_name, "status": run.status, "started_at": started, "finished_at": finished,
-            "duration": humanize_age((finished - started).total_seconds()) if finished else None,
+            "job": name, "status": run["status"], "started_at": started,
+            "duration": humanize_age(run["duration_s"]) if run["duration_s"] is not None else None,
             "age": humanize_age((utcnow() - started).total_seconds()),
-            "where": f"{run.host or '?'}:{run.pid or '?'}", "error": run.error,
+            "where": f"{run['host'] or '?'}:{run['pid'] or '?'}", "error": run["error"],
         })
-    db.session.rollback()
     return result
