@@ -17,7 +17,7 @@ from sqlalchemy import event, select
 from tests.ml_helpers import make_model, model_files, new_manager, recorded_events, scores, temp_files
 from utils.extensions import db
 from utils.ml.model_manager import ModelManagerError, ModelValidationError, get_model_manager
-from utils.ml.storage import ModelTooLargeError
+from utils.ml.store import ModelTooLargeError
 from utils.models import MLModel, ModelActivation
 
 NAME = re.compile(r"^isolation_forest_stok_seviye_\d{8}_\d{6}_[0-9a-f]{10}\.pkl$")
@@ -160,10 +160,16 @@ def test_activate_model_rolls_back_and_promotes_with_an_audit_trail(mm):
 
     result = mm.activate_model(a.id, actor="ops", reason="b misbehaves")
     assert result == {"model_id": a.id, "model_type": "isolation_forest", "metric_type": "stok_seviye",
-                      "from_model_id": b.id, "actor": "ops"}
+                      "from_model_id": b.id, "actor": "ops", "reason": "b misbehaves", "changed": True}
     assert mm.load_active("isolation_forest", "stok_seviye").model_id == a.id
     last = db.session.execute(select(ModelActivation).order_by(ModelActivation.id.desc())).scalars().first()
     assert (last.from_model_id, last.to_model_id, last.actor, last.reason) == (b.id, a.id, "ops", "b misbehaves")
+
+    # The active version again: nothing changes, nothing is audited.
+    audited = len(db.session.execute(select(ModelActivation.id)).all())
+    again = mm.activate_model(a.id, actor="ops", reason="twice")
+    assert (again["changed"], again["from_model_id"]) == (False, a.id)
+    assert len(db.session.execute(select(ModelActivation.id)).all()) == audited
 
     with pytest.raises(ModelManagerError, match="does not exist"):
         mm.activate_model(999999, actor="ops")

@@ -1,9 +1,9 @@
-"""Model artifact stores: where model bytes live, chosen by URL scheme.
+"""The local model store: files in one directory (``ML_MODELS_DIR``, a path or ``file://`` URL).
 
-Rows in ``ml_models`` keep a *storage key* (a file name relative to the store),
-never an absolute path, so a volume can be mounted elsewhere without touching
-the database.  ``LocalModelStore`` is the only backend today; another (S3,
-MinIO) is one more subclass registered in ``STORE_SCHEMES``.
+Writes are temp file + fsync + no-clobber link, so no reader ever sees a
+partial file and no file is ever overwritten; reads refuse symlinks, FIFOs,
+escapes from the directory and files over the size limit.  Activations are
+signalled to every process sharing the directory through a marker file.
 """
 from __future__ import annotations
 
@@ -13,81 +13,33 @@ import shutil
 import stat
 import tempfile
 import time
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlparse
 
+from utils.ml.store.base import (
+    ModelStore,
+    ModelStoreError,
+    ModelTooLargeError,
+    StoredFile,
+    UnsafePathError,
+    register_scheme,
+)
+
 MODEL_SUFFIXES = (".pkl", ".pkl.gz")
 TEMP_PREFIX = ".tmp-"
+# Replaced on every activation; its (inode, mtime) is the change token.
+CHANGE_MARKER = ".active-generation"
 
 
-class ModelStoreError(Exception):
-    """Base class of store failures; the message names the key and the rule."""
-
-
-class UnsafePathError(ModelStoreError):
-    """A key resolves outside the store (path traversal, symlink escape)."""
-
-
-class ModelTooLargeError(ModelStoreError):
-    """A model exceeds the configured maximum size."""
-
-
-@dataclass(frozen=True)
-class StoredFile:
-    key: str
-    size_bytes: int
-    modified_at: float  # POSIX timestamp
-
-
-class ModelStore(ABC):
-    """Contract of a model artifact store."""
-
-    @abstractmethod
-    def write_new(self, name_factory: Callable[[], str], data: bytes) -> str:
-        """Store ``data`` under a fresh name from ``name_factory`` and return its key.
-
-        Atomic: no reader ever sees a partial object under the final name, and
-        an existing object is never overwritten (a taken name is retried).
-        """
-
-    @abstractmethod
-    def read(self, key: str, max_bytes: int) -> bytes:
-        """Return the bytes of ``key``; refuse more than ``max_bytes``."""
-
-    @abstractmethod
-    def delete(self, key: str) -> int:
-        """Delete ``key``; return the bytes freed (0 if it was already gone)."""
-
-    @abstractmethod
-    def size(self, key: str) -> int | None:
-        """Size in bytes, or None when the object does not exist."""
-
-    @abstractmethod
-    def iter_files(self) -> Iterator[StoredFile]:
-        """Every model object in the store (not temporary files)."""
-
-    @abstractmethod
-    def iter_temp_files(self) -> Iterator[StoredFile]:
-        """Leftovers of interrupted writes."""
-
-    @abstractmethod
-    def locate(self, key: str) -> str:
-        """Where ``key`` lives, for people (an absolute path or a URL)."""
-
-    @abstractmethod
-    def check_writable(self) -> None:
-        """Raise ``ModelStoreError`` unless a new object could be written now."""
-
-    def disk_usage(self) -> dict[str, float] | None:
-        """Capacity figures when the backend has them."""
-        return None
-
-
+@register_scheme("", "file")
 class LocalModelStore(ModelStore):
     """Files in one directory (755), each file 644, written temp-fsync-rename."""
+
+    @classmethod
+    def from_url(cls, url: str, create: bool = True) -> "LocalModelStore":
+        parsed = urlparse(url)
+        return cls(parsed.path if parsed.scheme.lower() == "file" else url, create=create)
 
     def __init__(self, root: str | os.PathLike[str], create: bool = True) -> None:
         """``create=False`` leaves a missing directory missing (a dry run touches nothing)."""
@@ -125,8 +77,12 @@ class LocalModelStore(ModelStore):
             raise UnsafePathError(f"model key {key!r} resolves outside {self.root}")
         return path
 
-    def key_for(self, path: Path) -> str:
-        return path.resolve().relative_to(self.root).as_posix()
+    @property
+    def local_root(self) -> Path:
+        return self.root
+
+    def key_for(self, path: str | Path) -> str:
+        return Path(path).resolve().relative_to(self.root).as_posix()
 
     def locate(self, key: str) -> str:
         return str(self.resolve(key))
@@ -185,7 +141,8 @@ class LocalModelStore(ModelStore):
             os.close(dir_fd)
 
     # -- reading -------------------------------------------------------------
-    def read(self, key: str, max_bytes: int) -> bytes:
+    def read(self, key: str, max_bytes: int, *, expected_sha256: str | None = None) -> bytes:
+        # The file is the only copy: expected_sha256 has nothing to choose between.
         path = self.resolve(key)
         # O_NOFOLLOW: the checked path cannot be swapped for a symlink before
         # the open.  O_NONBLOCK: a FIFO planted under a model's name must not
@@ -270,38 +227,18 @@ class LocalModelStore(ModelStore):
         }
 
     # -- cross-process signal ------------------------------------------------
-    def touch_marker(self, name: str) -> None:
-        """Atomically replace a small marker file (used to signal activations)."""
+    def signal_change(self) -> None:
+        """Atomically replace the marker file: every process sharing the directory sees a new token."""
         fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".marker", dir=self.root)
         with os.fdopen(fd, "w") as handle:
             handle.write(f"{time.time_ns()}\n")
         os.chmod(tmp, 0o644)
-        os.replace(tmp, self.root / name)
+        os.replace(tmp, self.root / CHANGE_MARKER)
 
-    def marker_token(self, name: str) -> tuple[int, int] | None:
-        """Cheap identity of a marker file (inode, mtime): changes on every touch."""
+    def change_token(self) -> tuple[int, int] | None:
+        """The marker file's (inode, mtime): changes on every signal; one ``stat`` call."""
         try:
-            st = os.stat(self.root / name)
+            st = os.stat(self.root / CHANGE_MARKER)
         except OSError:
             return None
         return (st.st_ino, st.st_mtime_ns)
-
-
-STORE_SCHEMES: dict[str, type[ModelStore]] = {"": LocalModelStore, "file": LocalModelStore}
-
-
-def open_store(location: str, create: bool = True) -> ModelStore:
-    """The store for ``location``: a plain path or ``file://`` URL is local."""
-    parsed = urlparse(location)
-    scheme = parsed.scheme.lower()
-    if len(scheme) == 1:  # a Windows drive letter, not a scheme
-        scheme = ""
-    try:
-        cls = STORE_SCHEMES[scheme]
-    except KeyError:
-        raise ValueError(
-            f"ML_MODELS_DIR={location!r}: unsupported store scheme {scheme!r} (supported: a path or file://)"
-        ) from None
-    if scheme == "file":
-        return cls(parsed.path, create=create)
-    return cls(location, create=create)

@@ -1,37 +1,36 @@
-"""What an operator asks about model versions: one version in full, the
-activation audit trail, and promotion/rollback with clear refusals.
+"""What an operator asks about model versions: one version in full, the activation
+audit trail, and activation with refusals the API, the CLI and the dashboard share.
 
-Plain functions over :class:`~utils.ml.model_manager.ModelManager` for the API,
-the CLI and the dashboard; they need an application context.  Nothing here
-reads model bytes except the checksum verification ``activate_model`` does.
+Plain functions over :class:`~utils.ml.model_manager.ModelManager`; they need
+an application context.  Nothing here reads model bytes except the checksum
+verification an activation does.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from sqlalchemy import select
 
-from utils.ml.model_manager import ModelManager, ModelManagerError
+from utils.ml.store.base import ModelManagerError, ModelNotFoundError, ModelValidationError
+from utils.ml.validation import MAX_ROW_ID
 from utils.models import MLModel, ModelActivation
 from utils.time import as_utc
 
-# ml_models.id is a 32-bit INTEGER; PostgreSQL rejects larger ids instead of finding nothing.
-MAX_ID = 2**31 - 1
+if TYPE_CHECKING:  # the facade imports this module's neighbours, not the other way round
+    from utils.ml.model_manager import ModelManager
+
 DEFAULT_ACTIVATIONS = 20
 
-
-class ModelNotFoundError(LookupError):
-    def __init__(self, model_id: int) -> None:
-        super().__init__(f"model {model_id} does not exist")
-        self.model_id = model_id
+__all__ = ["ActivationRefusedError", "ModelNotFoundError", "activate", "activation_to_dict", "list_activations",
+           "model_activations", "model_detail"]
 
 
 class ActivationRefusedError(RuntimeError):
     """The version exists but cannot be activated (its file failed verification...)."""
 
 
-def _row(manager: ModelManager, model_id: int) -> MLModel:
-    row = manager.session.get(MLModel, model_id) if 1 <= model_id <= MAX_ID else None
+def _row(manager: "ModelManager", model_id: int) -> MLModel:
+    row = manager.session.get(MLModel, model_id) if 1 <= model_id <= MAX_ROW_ID else None
     if row is None:
         raise ModelNotFoundError(model_id)
     return row
@@ -50,8 +49,8 @@ def activation_to_dict(row: ModelActivation) -> dict[str, Any]:
     }
 
 
-def list_activations(manager: ModelManager, *, model_type: Optional[str] = None, metric_type: Optional[str] = None,
-                     limit: int = DEFAULT_ACTIVATIONS) -> list[dict[str, Any]]:
+def list_activations(manager: "ModelManager", *, model_type: Optional[str] = None,
+                     metric_type: Optional[str] = None, limit: int = DEFAULT_ACTIVATIONS) -> list[dict[str, Any]]:
     """The audit trail, newest first, optionally for one (model_type, metric_type)."""
     query = select(ModelActivation).order_by(ModelActivation.activated_at.desc(), ModelActivation.id.desc())
     if model_type is not None:
@@ -61,13 +60,13 @@ def list_activations(manager: ModelManager, *, model_type: Optional[str] = None,
     return [activation_to_dict(row) for row in manager.session.execute(query.limit(limit)).scalars()]
 
 
-def model_activations(manager: ModelManager, model_id: int, limit: int = 100) -> list[dict[str, Any]]:
+def model_activations(manager: "ModelManager", model_id: int, limit: int = 100) -> list[dict[str, Any]]:
     """Activations of the model's (model_type, metric_type): every promotion and rollback around it."""
     row = _row(manager, model_id)
     return list_activations(manager, model_type=row.model_type, metric_type=row.metric_type, limit=limit)
 
 
-def model_detail(manager: ModelManager, model_id: int) -> dict[str, Any]:
+def model_detail(manager: "ModelManager", model_id: int) -> dict[str, Any]:
     """Everything about one version: metadata, checksum, size, storage, library versions,
     its sibling versions and the latest activations of its type.  Never the bytes."""
     row = _row(manager, model_id)
@@ -99,26 +98,17 @@ def model_detail(manager: ModelManager, model_id: int) -> dict[str, Any]:
     return detail
 
 
-def activate(manager: ModelManager, model_id: int, actor: str, reason: Optional[str] = None) -> dict[str, Any]:
+def activate(manager: "ModelManager", model_id: int, actor: str, reason: Optional[str] = None) -> dict[str, Any]:
     """Make ``model_id`` the active version of its type (promotion, or rollback to an older one).
 
-    Atomic and audited by :meth:`ModelManager.activate_model`, which verifies
-    the file first.  Activating the version that is already active changes
-    nothing and writes no audit row (``changed`` is false).
-    Raises :class:`ModelNotFoundError` or :class:`ActivationRefusedError`.
+    :meth:`ModelManager.activate_model` does it (verified, atomic, audited;
+    the active version again is a no-op, ``changed`` false).  Raises
+    :class:`ModelNotFoundError`, or :class:`ActivationRefusedError` naming why
+    the version cannot be activated; bad arguments raise ModelValidationError.
     """
-    row = _row(manager, model_id)
-    if row.is_active:
-        result = {"model_id": row.id, "model_type": row.model_type, "metric_type": row.metric_type,
-                  "from_model_id": row.id, "actor": actor, "reason": reason, "changed": False}
-        manager.session.rollback()
-        return result
     try:
-        result = manager.activate_model(model_id, actor=actor, reason=reason)
-    except ModelManagerError as exc:
-        manager.session.rollback()
-        raise ActivationRefusedError(str(exc)) from exc
-    except BaseException:
-        manager.session.rollback()
+        return manager.activate_model(model_id, actor=actor, reason=reason)
+    except (ModelNotFoundError, ModelValidationError):
         raise
-    return {**result, "reason": reason, "changed": True}
+    except ModelManagerError as exc:
+        raise ActivationRefusedError(str(exc)) from exc
