@@ -1,9 +1,9 @@
 """Section 4: the end-to-end scan against the raw score_samples rate of the same models.
 
-The data is the demo hotel (``utils.ml.demo_data``), scaled so the three
+The data is the demo hotel (``utils.ml.pipeline.demo_data``), scaled so the three
 minibar metric types add up to the requested number of observations over 60
 days; the models are trained by the real trainer with its defaults; the scan
-is ``utils.ml.scan.run_scan`` — what ``flask ml scan`` runs: read from
+is ``utils.ml.pipeline.scan.run_scan`` — what ``flask ml scan`` runs: read from
 PostgreSQL in batches, compute features, score, write alerts, move the
 watermarks.  "Raw" is the same active models' ``score_samples`` over the same
 observations already in memory (the feature step of the pipeline included,
@@ -16,7 +16,7 @@ import time
 from typing import Any, Optional
 
 DAYS = 60
-# Observations per entity per day in the demo generator (utils/ml/demo_data.py).
+# Observations per entity per day in the demo generator (utils/ml/pipeline/demo_data.py).
 _PER_DAY = {"products": 2.0, "rooms": 0.85, "attendants": 10.0}
 
 
@@ -27,7 +27,7 @@ def demo_sizes(observations: int, days: int = DAYS) -> dict[str, int]:
 
 
 def _missing() -> Optional[str]:
-    for module, name in (("utils.ml.scan", "run_scan"), ("utils.ml.demo_data", "generate_demo_data")):
+    for module, name in (("utils.ml.pipeline.scan", "run_scan"), ("utils.ml.pipeline.demo_data", "generate_demo_data")):
         try:
             if not hasattr(importlib.import_module(module), name):
                 return f"{module}.{name} does not exist yet"
@@ -42,8 +42,7 @@ def _raw_rate(metric_types: list[str]) -> dict[str, Any]:
     from sqlalchemy import select
 
     from utils.extensions import db
-    from utils.ml.anomaly_detector import MODEL_TYPE
-    from utils.ml.features import model_input, observation_matrix
+    from utils.ml.pipeline.features import MODEL_TYPE, model_input, observation_matrix
     from utils.ml.model_manager import get_model_manager
     from utils.models import MLMetric
 
@@ -75,9 +74,9 @@ def run(env: Any, sizes: Any) -> dict[str, Any]:
     problem = _missing()
     if problem:
         return {"status": "not_run", "reason": problem}
-    from utils.ml.demo_data import generate_demo_data
+    from utils.ml.pipeline.demo_data import generate_demo_data
     from utils.ml.model_trainer import ModelTrainer
-    from utils.ml.scan import run_scan
+    from utils.ml.pipeline.scan import run_scan
     from utils.extensions import db
 
     hotel = demo_sizes(sizes.scan_observations)

@@ -169,7 +169,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from app import create_app
     from utils.extensions import db
-    from utils.ml.demo_data import DEFAULT_SEED, generate_demo_data
+    from utils.ml.pipeline.demo_data import DEFAULT_SEED, generate_demo_data
     from utils.time import utcnow
 
     with tempfile.TemporaryDirectory(prefix="detection_report_") as tmp:

@@ -19,7 +19,7 @@ SMALL_HOTEL = {"rooms": 30, "products": 10, "attendants": 4, "days": 30}
 
 def small_hotel(seed: int = 7, **overrides: Any) -> dict[str, Any]:
     """Insert the small demo hotel (call inside an app context); return the counts."""
-    from utils.ml.demo_data import generate_demo_data
+    from utils.ml.pipeline.demo_data import generate_demo_data
 
     return generate_demo_data(**{**SMALL_HOTEL, **overrides}, seed=seed)
 

@@ -1,4 +1,4 @@
-"""Alert routes and ``utils.ml.alerts``: filters, pagination, read and false-positive marks, both databases."""
+"""Alert routes and ``utils.ml.pipeline.alerts``: filters, pagination, read and false-positive marks, both databases."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import select
 
 from utils.extensions import db
-from utils.ml import alerts
+from utils.ml.pipeline import alerts
 from utils.models import MLAlert
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)

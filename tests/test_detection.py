@@ -11,8 +11,9 @@ from sklearn.ensemble import IsolationForest
 
 from tests.pipeline_helpers import fallback_warnings, observations, small_hotel
 from utils.extensions import db
-from utils.ml.anomaly_detector import AnomalyDetector, ModelUnavailableError, robust_zscores
-from utils.ml.features import build_pipeline, observation_matrix
+from utils.ml.anomaly_detector import AnomalyDetector, ModelUnavailableError
+from utils.ml.pipeline.features import build_pipeline, observation_matrix
+from utils.ml.pipeline.scoring import robust_zscores
 from utils.ml.model_manager import get_model_manager
 from utils.ml.model_trainer import train_models
 from utils.models import MLModel

@@ -36,10 +36,10 @@ import pytest
 from tests import dbutil
 from tests.pipeline_helpers import observations
 from utils.extensions import db
-from utils.ml.demo_data import generate_demo_data
+from utils.ml.pipeline.demo_data import generate_demo_data
 from utils.ml.model_manager import get_model_manager
 from utils.ml.model_trainer import train_models
-from utils.ml.scan import run_scan
+from utils.ml.pipeline.scan import run_scan
 from utils.models import MLAlert, MLModel, ScanWatermark
 
 

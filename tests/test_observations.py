@@ -8,7 +8,7 @@ import pytest
 
 from tests.pipeline_helpers import count, small_hotel
 from utils.extensions import db
-from utils.ml.observations import ObservationValidationError, import_csv, ingest_observations
+from utils.ml.pipeline.observations import ObservationValidationError, import_csv, ingest_observations
 from utils.models import MLMetric
 from utils.time import as_utc
 
@@ -169,7 +169,7 @@ def test_a_timestamp_that_runs_off_the_calendar_is_a_named_rule_not_a_crash():
     reports against the field (it used to escape as OverflowError)."""
     from pydantic import ValidationError
 
-    from utils.ml.observations import ObservationIn
+    from utils.ml.pipeline.observations import ObservationIn
 
     with pytest.raises(ValidationError) as info:
         ObservationIn.model_validate({"metric_type": "stok_seviye", "entity_id": 1, "metric_value": 3.0,
@@ -179,7 +179,7 @@ def test_a_timestamp_that_runs_off_the_calendar_is_a_named_rule_not_a_crash():
 
 
 def test_a_whole_number_float_entity_id_is_read_as_an_integer():
-    from utils.ml.observations import ObservationIn
+    from utils.ml.pipeline.observations import ObservationIn
 
     item = ObservationIn.model_validate_json(
         '{"metric_type": "stok_seviye", "entity_id": 7.0, "metric_value": 3.0, "timestamp": "2026-01-01T00:00:00Z"}',

@@ -18,6 +18,7 @@ from pathlib import Path
 from utils.extensions import db
 from utils.ml.anomaly_detector import AnomalyDetector
 from utils.ml.model_manager import get_model_manager
+from utils.ml.pipeline.features import EntityRelativeFeatures
 from utils.models import MLModel
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -50,8 +51,11 @@ def test_an_old_model_loads_through_the_store_and_scores_identically(app_ctx, mo
     model_id = _install(models_dir, META["sha256"])
     outcome = get_model_manager().load_active(T, M)
     assert (outcome.model_id, outcome.source, outcome.reason) == (model_id, "file", None)
-    features = outcome.model.steps[0][1]
-    assert type(features).__name__ == "EntityRelativeFeatures"
+    # The old name resolves to the class that now lives in utils.ml.pipeline.features.
+    import utils.ml.features as old_module
+
+    assert old_module.EntityRelativeFeatures is EntityRelativeFeatures
+    assert type(outcome.model.steps[0][1]) is EntityRelativeFeatures
 
     result = AnomalyDetector(db).detect_anomalies_with_fallback(M, META["observations"])
     assert (result.method, result.model_id, result.fallback_reasons) == ("isolation_forest_file", model_id, [])

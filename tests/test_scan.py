@@ -14,8 +14,8 @@ from utils.extensions import db
 from utils.ml.anomaly_detector import AnomalyDetector
 from utils.ml.model_manager import get_model_manager
 from utils.ml.model_trainer import train_models
-from utils.ml.observations import INTERNAL_METRIC_TYPES, ingest_observations
-from utils.ml.scan import insert_alerts, pending_metric_types, run_scan
+from utils.ml.pipeline.observations import INTERNAL_METRIC_TYPES, ingest_observations
+from utils.ml.pipeline.scan import insert_alerts, pending_metric_types, run_scan
 from utils.models import MLAlert, MLMetric, MLModel, ScanWatermark
 
 DEMO_TYPES = {"stok_seviye", "tuketim_miktar", "dolum_sure"}

@@ -9,12 +9,12 @@ from sklearn.pipeline import Pipeline
 
 from tests.pipeline_helpers import count, small_hotel, unlabelled_series
 from utils.extensions import db
-from utils.ml.alerts import mark_false_positive
-from utils.ml.features import EntityRelativeFeatures
+from utils.ml.pipeline.alerts import mark_false_positive
+from utils.ml.pipeline.features import EntityRelativeFeatures
 from utils.ml.model_manager import get_model_manager
 from utils.ml.model_trainer import ModelTrainer, train_models
-from utils.ml.observations import ingest_observations
-from utils.ml.scan import run_scan
+from utils.ml.pipeline.observations import ingest_observations
+from utils.ml.pipeline.scan import run_scan
 from utils.models import MLAlert, MLMetric, MLModel
 
 DEMO_TYPES = {"stok_seviye", "tuketim_miktar", "dolum_sure"}

@@ -30,20 +30,21 @@ from datetime import datetime, timedelta
 from typing import Any, Optional
 
 import numpy as np
-from flask import current_app, has_app_context
 from sqlalchemy import select
 
 from utils.ml import events
-from utils.ml.anomaly_detector import MODEL_TYPE, score_with_model
-from utils.ml.features import (
+from utils.ml.pipeline.features import (
     DEFAULT_FEATURES,
     FEATURE_VERSION,
     INPUT_COLUMNS,
+    MODEL_TYPE,
     build_pipeline,
     observation_matrix,
 )
-from utils.ml.observations import INTERNAL_METRIC_TYPES, check_observed_metric_type
+from utils.ml.pipeline.observations import INTERNAL_METRIC_TYPES, check_observed_metric_type
+from utils.ml.pipeline.scoring import score_with_model
 from utils.models import MLAlert, MLMetric
+from utils.settings import current
 from utils.time import as_utc, utcnow
 
 logger = logging.getLogger(__name__)
@@ -70,10 +71,6 @@ class TrainingData:
     @property
     def matrix(self) -> np.ndarray:
         return observation_matrix(self.entity_ids, self.values)
-
-
-def _setting(name: str, default: Any) -> Any:
-    return current_app.config.get(name, default) if has_app_context() else default
 
 
 def _ratio(numerator: int, denominator: int) -> Optional[float]:
@@ -108,11 +105,10 @@ class ModelTrainer:
                  features: tuple[str, ...] = DEFAULT_FEATURES, actor: str = "trainer") -> None:
         self.db = db
         self._model_manager = model_manager
-        self.window_days = int(window_days if window_days is not None else _setting("ML_TRAIN_WINDOW_DAYS", 60))
-        self.min_samples = int(min_samples if min_samples is not None else _setting("ML_MIN_TRAIN_SAMPLES", 50))
-        self.contamination = float(contamination if contamination is not None
-                                   else _setting("ML_CONTAMINATION", 0.02))
-        self.n_estimators = int(n_estimators if n_estimators is not None else _setting("ML_N_ESTIMATORS", 200))
+        self.window_days = int(window_days if window_days is not None else current("ML_TRAIN_WINDOW_DAYS"))
+        self.min_samples = int(min_samples if min_samples is not None else current("ML_MIN_TRAIN_SAMPLES"))
+        self.contamination = float(contamination if contamination is not None else current("ML_CONTAMINATION"))
+        self.n_estimators = int(n_estimators if n_estimators is not None else current("ML_N_ESTIMATORS"))
         self.random_state = random_state
         self.features = tuple(features)
         self.actor = actor

@@ -43,7 +43,7 @@ from sqlalchemy import text
 
 from utils.extensions import db
 from utils.ml import events
-from utils.ml.observations import DOLUM_SURE, STOK_SEVIYE, TUKETIM_MIKTAR, bulk_insert
+from utils.ml.pipeline.observations import DOLUM_SURE, STOK_SEVIYE, TUKETIM_MIKTAR, bulk_insert
 from utils.models import MLMetric
 from utils.time import as_utc, utcnow
 
@@ -284,7 +284,7 @@ def has_observations() -> bool:
     """True when ``ml_metrics`` holds at least one observation (not counting internal figures)."""
     from sqlalchemy import select
 
-    from utils.ml.observations import INTERNAL_METRIC_TYPES
+    from utils.ml.pipeline.observations import INTERNAL_METRIC_TYPES
 
     return db.session.execute(
         select(MLMetric.id).where(MLMetric.metric_type.not_in(INTERNAL_METRIC_TYPES)).limit(1)

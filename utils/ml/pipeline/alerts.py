@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from utils.extensions import db
 from utils.ml import events
+from utils.ml.validation import MAX_ROW_ID, InvalidInput, check_whole_number
 from utils.models import METHOD_DB, METHOD_FILE, METHOD_ZSCORE, MLAlert
 from utils.time import as_utc, utcnow
 
@@ -24,18 +25,10 @@ DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 500
 # Past this page the OFFSET would be absurd; refusing keeps the query cheap.
 MAX_PAGE = 100_000
-# ml_alerts.id is a 32-bit INTEGER: a larger id cannot exist (and PostgreSQL
-# would reject it as out of range rather than answer "not found").
-MAX_ID = 2**31 - 1
 
 
-class AlertValidationError(ValueError):
+class AlertValidationError(InvalidInput):
     """A bad argument: ``field`` and ``rule`` say which and why."""
-
-    def __init__(self, field: str, rule: str) -> None:
-        super().__init__(f"{field}: {rule}")
-        self.field = field
-        self.rule = rule
 
 
 class AlertNotFoundError(LookupError):
@@ -96,12 +89,6 @@ def alert_to_dict(alert: MLAlert) -> dict[str, Any]:
     }
 
 
-def _whole_number(field: str, value: Any, minimum: int, maximum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        raise AlertValidationError(field, f"must be a whole number from {minimum} to {maximum} (got {value!r})")
-    return value
-
-
 def _coerce_filters(filters: Union[AlertFilters, Mapping[str, Any], None]) -> AlertFilters:
     if filters is None:
         return AlertFilters()
@@ -127,8 +114,8 @@ def _validated(filters: AlertFilters) -> AlertFilters:
 def list_alerts(filters: Union[AlertFilters, Mapping[str, Any], None] = None, page: int = 1,
                 per_page: int = DEFAULT_PER_PAGE) -> AlertPage:
     """Alerts matching ``filters``, newest first, page ``page`` (from 1) of ``per_page`` (1..500)."""
-    page = _whole_number("page", page, 1, MAX_PAGE)
-    per_page = _whole_number("per_page", per_page, 1, MAX_PER_PAGE)
+    page = check_whole_number("page", page, 1, MAX_PAGE, error=AlertValidationError)
+    per_page = check_whole_number("per_page", per_page, 1, MAX_PER_PAGE, error=AlertValidationError)
     wanted = _validated(_coerce_filters(filters))
     conditions = []
     if wanted.metric_type is not None:
@@ -157,7 +144,7 @@ def list_alerts(filters: Union[AlertFilters, Mapping[str, Any], None] = None, pa
 def _get(alert_id: int) -> MLAlert:
     if isinstance(alert_id, bool) or not isinstance(alert_id, int):
         raise AlertValidationError("alert_id", f"must be a whole number (got {alert_id!r})")
-    alert = db.session.get(MLAlert, alert_id) if 1 <= alert_id <= MAX_ID else None
+    alert = db.session.get(MLAlert, alert_id) if 1 <= alert_id <= MAX_ROW_ID else None
     if alert is None:
         raise AlertNotFoundError(alert_id)
     return alert

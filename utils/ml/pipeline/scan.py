@@ -9,7 +9,7 @@
   flight with a lower id is waited for, never skipped; rows arriving
   meanwhile wait for the next scan);
 * they are read and scored in batches of ``ML_SCAN_BATCH_SIZE`` with one
-  :class:`~utils.ml.anomaly_detector.DetectorChain` (the model is loaded
+  :class:`~utils.ml.pipeline.detection.DetectorChain` (the model is loaded
   once per metric type, features are computed for the whole batch at once);
 * each batch is one transaction: lock the watermark row (``UPDATE ...
   RETURNING``, which also takes SQLite's write lock), read the batch from the
@@ -31,29 +31,24 @@ import time
 from typing import Any, Optional
 
 import numpy as np
-from flask import current_app, has_app_context
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from utils.extensions import db
 from utils.ml import events
-from utils.ml.anomaly_detector import (
-    MODEL_TYPE,
-    AnomalyDetector,
-    DetectorChain,
-    ObservationBatch,
-    Scores,
-    load_reference_values,
-)
-from utils.ml.observations import INTERNAL_METRIC_TYPES, MODEL_LOAD_TIME, check_observed_metric_type
+from utils.ml.anomaly_detector import AnomalyDetector
+from utils.ml.pipeline.batch import ObservationBatch
+from utils.ml.pipeline.detection import DetectorChain, load_reference_values
+from utils.ml.pipeline.features import MODEL_TYPE
+from utils.ml.pipeline.scoring import Scores
+from utils.ml.pipeline.observations import INTERNAL_METRIC_TYPES, MODEL_LOAD_TIME, check_observed_metric_type
 from utils.models import MLAlert, MLMetric, ScanWatermark
+from utils.settings import current
 from utils.time import utcnow
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["INTERNAL_METRIC_TYPES", "run_scan", "scan_metric_type", "pending_metric_types", "insert_alerts"]
-
-DEFAULT_BATCH_SIZE = 20000
 
 
 def _dialect_insert(table: Any):
@@ -220,8 +215,7 @@ def scan_metric_type(metric_type: str, *, batch_size: Optional[int] = None,
     check_observed_metric_type(metric_type, "scanned")
     started = time.perf_counter()
     if batch_size is None:
-        batch_size = int(current_app.config.get("ML_SCAN_BATCH_SIZE", DEFAULT_BATCH_SIZE)) if has_app_context() \
-            else DEFAULT_BATCH_SIZE
+        batch_size = int(current("ML_SCAN_BATCH_SIZE"))
     detector = detector or AnomalyDetector(db)
     summary: dict[str, Any] = {"metric_type": metric_type, "scanned": 0, "alerts": 0, "duplicates_ignored": 0,
                                "batches": 0, "method": None, "model_id": None, "source": None, "load_ms": None,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
@@ -29,6 +28,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from utils.extensions import db
+from utils.ml.validation import MAX_ROW_ID, InvalidInput, check_name, rule_text
 from utils.models import METRIC_TYPE_PATTERN, MLMetric
 
 # Metric types the ML subsystem writes about itself.  The one place they are
@@ -46,28 +46,27 @@ _REQUIRED_CSV_COLUMNS = ("metric_type", "metric_value", "timestamp")
 # Rows per INSERT statement: large enough to be fast, small enough to keep the
 # statement (and its parameters) modest in memory.
 INSERT_CHUNK = 5000
-_METRIC_TYPE_RE = re.compile(METRIC_TYPE_PATTERN)
 # PostgreSQL INTEGER: an entity id beyond it would fail at insert, not at validation.
-_MAX_ENTITY_ID = 2**31 - 1
+_MAX_ENTITY_ID = MAX_ROW_ID
 
 
-class ObservationValidationError(ValueError):
+class ObservationValidationError(InvalidInput):
     """Some items were invalid; nothing was written.
 
     ``errors`` is a list of dicts: ``{"index", "field", "rule"}`` for
     :func:`ingest_observations`, ``{"line", "column", "rule"}`` for
-    :func:`import_csv`.
+    :func:`import_csv`; ``field`` and ``rule`` are the first one's.
     """
 
     def __init__(self, errors: list[dict[str, Any]], message: Optional[str] = None) -> None:
-        self.errors = errors
+        first = errors[0] if errors else {}
         if message is None:
-            first = errors[0] if errors else {}
             where = (f"line {first['line']}, column {first.get('column')}" if "line" in first
                      else f"item {first.get('index')}, field {first.get('field')}")
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             message = f"{where}: {first.get('rule')}{more}"
-        super().__init__(message)
+        super().__init__(str(first.get("field") or first.get("column") or "items"), str(first.get("rule")),
+                         errors=errors, message=message)
 
 
 class ObservationIn(BaseModel):
@@ -138,27 +137,17 @@ class ObservationIn(BaseModel):
 def check_observed_metric_type(metric_type: Any, never: str) -> str:
     """``metric_type`` if it names observations: a valid name, not an internal figure.
 
-    Raises ValueError naming the field and the rule; ``never`` completes
-    "an internal figure, never ..." (trained on, scanned).
+    Raises :class:`~utils.ml.validation.InvalidInput` naming the field and the
+    rule; ``never`` completes "an internal figure, never ..." (trained on, scanned).
     """
-    if not isinstance(metric_type, str) or not _METRIC_TYPE_RE.fullmatch(metric_type):
-        raise ValueError(f"metric_type: must match {METRIC_TYPE_PATTERN} (got {metric_type!r})")
+    check_name("metric_type", metric_type)
     if metric_type in INTERNAL_METRIC_TYPES:
-        raise ValueError(f"metric_type: {metric_type!r} is an internal figure, never {never}")
+        raise InvalidInput("metric_type", f"{metric_type!r} is an internal figure, never {never}")
     return metric_type
 
 
 def _rule(error: Mapping[str, Any]) -> str:
-    """A readable rule from one pydantic error (without pydantic's prefixes)."""
-    message = str(error.get("msg", "invalid"))
-    for prefix in ("Value error, ", "Assertion failed, "):
-        if message.startswith(prefix):
-            message = message[len(prefix):]
-    if error.get("type") == "string_pattern_mismatch":
-        message = f"must match {METRIC_TYPE_PATTERN}"
-    elif error.get("type") == "extra_forbidden":
-        message = f"unknown field (allowed: {', '.join(CSV_COLUMNS)})"
-    return message
+    return rule_text(error, unknown=f"unknown field (allowed: {', '.join(CSV_COLUMNS)})")
 
 
 def _field(error: Mapping[str, Any]) -> str:

@@ -1,0 +1,13 @@
+"""The anomaly pipeline: observations in, models trained, observations scored, alerts out.
+
+* :mod:`.observations` — validating and writing what the hotel app measures;
+* :mod:`.features` — the model's features (``utils.ml.features`` re-exports them for old pickles);
+* :mod:`.batch` — detection input as arrays;
+* :mod:`.scoring` — a model (or the robust Z-score) plus observations -> scores, for training and detection;
+* :mod:`.detection` — the fallback chain file -> database BLOB -> Z-score;
+* :mod:`.scan` — scoring what arrived since the last scan, one alert per anomaly;
+* :mod:`.alerts` — listing alerts, marking them read or false positive;
+* :mod:`.demo_data` — a realistic demo hotel with labelled anomalies.
+
+Training is :mod:`utils.ml.model_trainer`, on-demand detection :mod:`utils.ml.anomaly_detector`.
+"""
