@@ -26,7 +26,7 @@ def _create_app():
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from utils.ml.cli_models import migrate_command
+    from utils.cli.models import migrate_command
 
     # ScriptInfo(create_app=...) is how ``with_appcontext`` finds the app
     # outside the ``flask`` command.

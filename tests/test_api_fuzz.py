@@ -19,7 +19,7 @@ from utils.extensions import db
 from utils.ml.model_manager import get_model_manager
 from utils.models import MLAlert, MLMetric
 from utils.time import utcnow
-from utils.web import schemas
+from utils.web.api import schemas
 from utils.web.api import OPERATIONS, api_document
 
 OPENAPI_PATH = "/api/ml/openapi.json"

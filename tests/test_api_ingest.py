@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from tests.ml_helpers import booby_pickle
 from utils.extensions import db
-from utils.ml.features import build_pipeline, observation_matrix
+from utils.ml.pipeline.features import build_pipeline, observation_matrix
 from utils.ml.model_manager import get_model_manager
 from utils.models import MLMetric
 

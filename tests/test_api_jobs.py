@@ -51,12 +51,13 @@ def test_ingest_train_scan_alerts_and_detect_end_to_end(app, client, auth_header
     assert response.status_code == 200, response.get_json()
     trained = response.get_json()
     assert (trained["job"], trained["status"], trained["trigger"], trained["actor"]) == (
-        "train_models", "success", "manual", "api:ops")
+        "train_models", "success", "api", "api:ops")
     (summary,) = trained["result"]
     assert summary["status"] == "trained" and summary["samples"] == 240
     model_id = summary["model_id"]
     run = job_rows(app, "train_models")[-1]
-    assert (run.id, run.status, run.details["actor"]) == (trained["run_id"], "success", "api:ops")
+    assert (run.id, run.status, run.details["actor"], run.details["trigger"]) == (
+        trained["run_id"], "success", "api:ops", "api")
 
     response = client.post("/api/ml/scan", headers=auth_headers)
     assert response.status_code == 200, response.get_json()

@@ -6,36 +6,19 @@ that changes the database only when both checks pass.  The browser test
 """
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 
+from tests.dashboard_helpers import TOKEN, csrf_from, sign_in
 from tests.ml_helpers import make_model
 from utils.extensions import db
 from utils.ml.model_manager import get_model_manager
 from utils.models import JobRun, MLAlert, MLMetric, ModelActivation, MLModel
 from utils.time import utcnow
-from utils.web import svg_charts
-from utils.web.dashboard_data import humanize_age
-
-TOKEN = "test-admin-token"
-CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-def csrf_from(response) -> str:
-    match = CSRF.search(response.get_data(as_text=True))
-    assert match, "the page has no CSRF field"
-    return match.group(1)
-
-
-def sign_in(client) -> str:
-    """Sign in through the form; return the session's CSRF token."""
-    token = csrf_from(client.get("/ml/dashboard/login"))
-    response = client.post("/ml/dashboard/login", data={"csrf_token": token, "token": TOKEN})
-    assert response.status_code == 302, response.get_data(as_text=True)
-    return csrf_from(client.get("/ml/dashboard"))
+from utils.web.dashboard import svg_charts
+from utils.web.dashboard.data import humanize_age
 
 
 def save_versions(app, metric_type: str = "stok_seviye", count: int = 2) -> list[int]:

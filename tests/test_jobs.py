@@ -13,7 +13,7 @@ from tests.ml_helpers import make_model, recorded_events, sql
 from utils.extensions import db
 from utils.ml import jobs
 from utils.ml.jobs import JOBS, JobBusyError, UnknownJobError, job_lock, run_job_now, run_scheduled_tick, tick_for
-from utils.ml.leader import JOB_LOCK_CLASS, lock_key
+from utils.ml.jobs.locks import JOB_LOCK_CLASS, lock_key
 from utils.ml.model_manager import get_model_manager
 from utils.models import JobRun
 
@@ -46,18 +46,18 @@ def test_registry_names_the_three_jobs_and_their_interval_settings(app):
         assert app.config[job.interval_setting] >= 1
 
 
-def test_manual_run_is_recorded_with_its_result_and_events(app_ctx):
+def test_an_on_demand_run_is_recorded_with_its_trigger_result_and_events(app_ctx):
     manager = get_model_manager()
     for seed in range(4):
         manager.save_model_to_file(make_model(seed), "isolation_forest", "stok_seviye")
     with recorded_events() as log:
-        outcome = run_job_now("cleanup_models", actor="tester", keep_versions=2)
+        outcome = run_job_now("cleanup_models", actor="tester", trigger="api", keep_versions=2)
 
     assert outcome["status"] == "success" and outcome["result"]["deleted_count"] == 2
     [run] = _runs()
     assert (run.job_name, run.status, run.error) == ("cleanup_models", "success", None)
     assert run.id == outcome["run_id"] and run.finished_at is not None and run.pid > 0
-    assert run.details["trigger"] == "manual" and run.details["actor"] == "tester"
+    assert run.details["trigger"] == "api" and run.details["actor"] == "tester"
     assert run.details["params"] == {"keep_versions": 2}
     assert run.details["result"]["deleted_count"] == 2
     [started] = log.of("job_started")
@@ -69,20 +69,31 @@ def test_manual_run_is_recorded_with_its_result_and_events(app_ctx):
     assert jobs.last_runs()["train_models"] is None
 
 
+def test_an_on_demand_run_says_whether_the_cli_or_the_api_started_it(app_ctx):
+    from utils.ml.validation import InvalidInput
+
+    for trigger in ("manual", "schedule", None):
+        with pytest.raises(InvalidInput, match=r"^trigger: must be cli or api"):
+            run_job_now("cleanup_models", actor="tester", trigger=trigger)
+    assert _runs() == []
+    run_job_now("cleanup_models", actor="cli", trigger="cli")
+    assert [(r.details["trigger"], r.details["actor"]) for r in _runs()] == [("cli", "cli")]
+
+
 def test_unknown_job_is_refused_naming_the_field(app_ctx):
     with pytest.raises(UnknownJobError, match=r"^job: must be one of anomaly_scan, cleanup_models, train_models"):
-        run_job_now("retrain_everything", actor="tester")
+        run_job_now("retrain_everything", actor="tester", trigger="api")
     assert _runs() == []
 
 
-def test_busy_job_refuses_a_manual_run_and_skips_a_tick(app_ctx):
+def test_busy_job_refuses_an_on_demand_run_and_skips_a_tick(app_ctx):
     """The lock is held on another connection, as a run in another process would."""
     other = job_lock("cleanup_models")
     assert other.try_acquire()
     try:
         with pytest.raises(JobBusyError, match="job cleanup_models is already running"):
-            run_job_now("cleanup_models", actor="tester")
-        assert _runs() == [], "a refused manual run records nothing"
+            run_job_now("cleanup_models", actor="tester", trigger="api")
+        assert _runs() == [], "a refused run records nothing"
 
         with recorded_events() as log:
             outcome = run_scheduled_tick(app_ctx, "cleanup_models", _tick())
@@ -94,7 +105,7 @@ def test_busy_job_refuses_a_manual_run_and_skips_a_tick(app_ctx):
 
     finally:
         other.release()
-    assert run_job_now("cleanup_models", actor="tester")["status"] == "success"
+    assert run_job_now("cleanup_models", actor="tester", trigger="api")["status"] == "success"
     # A skipped tick never ran: a later claim of that same tick by a lock holder takes it over.
     assert run_scheduled_tick(app_ctx, "cleanup_models", _tick())["status"] == "success"
     ticks = [(r.status, r.scheduled_for.replace(tzinfo=timezone.utc), r.error) for r in _runs()
@@ -112,7 +123,7 @@ def test_postgres_busy_rule_honours_a_raw_advisory_lock(app_ctx):
             conn.execute(sa.text("SELECT pg_advisory_lock(:c, :k)"),
                          {"c": JOB_LOCK_CLASS, "k": lock_key("job:train_models")})
             with pytest.raises(JobBusyError):
-                run_job_now("train_models", actor="tester")
+                run_job_now("train_models", actor="tester", trigger="api")
             conn.execute(sa.text("SELECT pg_advisory_unlock_all()"))
     finally:
         engine.dispose()
@@ -131,7 +142,7 @@ def test_failure_is_recorded_with_traceback_and_the_next_tick_still_runs(app_ctx
         assert failed["duration_s"] >= 0
 
         with pytest.raises(sa.exc.DatabaseError, match="ml_models"):
-            run_job_now("cleanup_models", actor="tester")  # manual runs re-raise after recording
+            run_job_now("cleanup_models", actor="tester", trigger="api")  # on-demand runs re-raise after recording
     finally:
         db.session.remove()
         sql(url, "ALTER TABLE ml_models_gone RENAME TO ml_models")
@@ -173,7 +184,7 @@ def test_a_run_left_running_by_a_dead_process_is_marked_abandoned(app_ctx):
     db.session.add(JobRun(job_name="cleanup_models", scheduled_for=_tick(), status="running", host="gone", pid=999999))
     db.session.commit()
     with recorded_events() as log:
-        run_job_now("cleanup_models", actor="tester")
+        run_job_now("cleanup_models", actor="tester", trigger="api")
     old, new = _runs()
     assert (old.status, new.status) == ("abandoned", "success")
     assert "stopped before finishing" in old.error and old.finished_at is not None
@@ -183,16 +194,16 @@ def test_a_run_left_running_by_a_dead_process_is_marked_abandoned(app_ctx):
 def test_train_and_scan_jobs_run_the_pipeline_and_name_the_actor(app_ctx):
     """The job layer over the real pipeline: a small demo hotel, trained on behalf of
     a user (the activation audit names them), then scanned."""
-    from utils.ml.demo_data import generate_demo_data
+    from utils.ml.pipeline.demo_data import generate_demo_data
     from utils.models import ModelActivation
 
     generate_demo_data(rooms=10, products=6, attendants=2, days=14)
-    trained = run_job_now("train_models", actor="alice")
+    trained = run_job_now("train_models", actor="alice", trigger="api")
     assert trained["status"] == "success" and trained["result"], trained
     audit = db.session.execute(sa.select(ModelActivation.actor)).scalars().all()
     assert audit and set(audit) == {"alice"}
 
-    scanned = run_job_now("anomaly_scan", actor="bob")
+    scanned = run_job_now("anomaly_scan", actor="bob", trigger="api")
     assert scanned["status"] == "success" and scanned["result"]["scanned"] > 0
     assert [(r.job_name, r.status, r.details["actor"]) for r in _runs()] == [
         ("train_models", "success", "alice"), ("anomaly_scan", "success", "bob")]
@@ -203,12 +214,12 @@ def test_a_job_whose_metric_types_all_failed_is_recorded_as_failed(app_ctx, mode
     a run in which every save failed a success.  Real fault: the models directory is a
     read-only tmpfs, so every model file write fails with EROFS."""
     from tests.ml_helpers import tmpfs
-    from utils.ml.demo_data import generate_demo_data
+    from utils.ml.pipeline.demo_data import generate_demo_data
 
     generate_demo_data(rooms=10, products=6, attendants=2, days=14)
     with tmpfs(models_dir, read_only=True):
         with pytest.raises(jobs.JobError, match="training failed for"):
-            run_job_now("train_models", actor="tester")
+            run_job_now("train_models", actor="tester", trigger="api")
     [run] = _runs("train_models")
     assert run.status == "failed" and "JobError" in run.error
     failed = {entry["metric_type"] for entry in run.details["result"] if entry["status"] == "failed"}

@@ -16,10 +16,10 @@ import pytest
 
 from tests import dbutil
 from tests.ml_helpers import recorded_events, sql
-from utils.ml import leader
-from utils.ml.leader import (
+from utils.ml.jobs import leader
+from utils.ml.jobs.leader import LeaderElector
+from utils.ml.jobs.locks import (
     LEADER_LOCK_CLASS,
-    LeaderElector,
     LeaseLock,
     PgAdvisoryLock,
     dedicated_engine,
@@ -54,7 +54,7 @@ def test_lock_keys_are_the_same_in_every_process_and_fit_int4():
     # Python's hash() is salted per process; the lock key must not be.
     names = ["ml_scheduler", "job:anomaly_scan", "job:train_models", "job:cleanup_models"]
     other = subprocess.run(
-        [sys.executable, "-c", f"from utils.ml.leader import lock_key; print([lock_key(n) for n in {names!r}])"],
+        [sys.executable, "-c", f"from utils.ml.jobs.locks import lock_key; print([lock_key(n) for n in {names!r}])"],
         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True,
         env={**os.environ, "PYTHONHASHSEED": "random"},
     )
@@ -191,7 +191,7 @@ def test_lock_keeper_keeps_renewing_after_one_failed_renewal(database_url):
     database lock past the busy timeout; advisory locks need no keeper.)"""
     import sqlalchemy as sa
 
-    from utils.ml.leader import LockKeeper
+    from utils.ml.jobs.locks import LockKeeper
 
     # The real lease lock on a real engine, with a short busy timeout so the fault is quick.
     engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool, connect_args={"timeout": 0.3})
@@ -222,7 +222,7 @@ def test_lock_keeper_retakes_an_advisory_lock_whose_session_died(database_url):
     """A job's advisory lock lives in its session.  Real fault: the session is
     terminated with pg_terminate_backend while the job runs; the keeper must notice
     and take the lock back, so another process cannot start the same job."""
-    from utils.ml.leader import JOB_LOCK_CLASS, LockKeeper, dedicated_engine
+    from utils.ml.jobs.locks import JOB_LOCK_CLASS, LockKeeper, dedicated_engine
 
     lock = PgAdvisoryLock(dedicated_engine(database_url, "keeper-test"), "job:test_keeper", JOB_LOCK_CLASS)
     rival = PgAdvisoryLock(dedicated_engine(database_url, "keeper-rival"), "job:test_keeper", JOB_LOCK_CLASS)

@@ -19,7 +19,7 @@ from tests.procutil import VENV_BIN, base_env, free_port, start, stop_group, wai
 from utils.extensions import db
 from utils.ml.anomaly_detector import AnomalyDetector
 from utils.ml.jobs import run_job_now
-from utils.ml.metrics import multiprocess_enabled
+from utils.web.monitoring import multiprocess_enabled
 from utils.ml.model_manager import get_model_manager
 
 
@@ -113,7 +113,7 @@ def test_a_real_job_run_sets_duration_and_last_success(app, client):
     _, before = scrape(client)
     started = time.time()
     with app.app_context():
-        outcome = run_job_now("cleanup_models", actor="test")
+        outcome = run_job_now("cleanup_models", actor="test", trigger="api")
         db.session.remove()
     assert outcome["status"] == "success"
     _, after = scrape(client)

@@ -33,8 +33,8 @@ from tests.procutil import (
     terminate,
     wait_until,
 )
-from utils.ml.leader import LEADER_LOCK_CLASS, LEADER_LOCK_NAME, lock_key
-from utils.ml.scheduler import current_scheduler, start_for_web_worker, stop_scheduler
+from utils.ml.jobs.locks import LEADER_LOCK_CLASS, LEADER_LOCK_NAME, lock_key
+from utils.ml.jobs.scheduler import current_scheduler, start_for_web_worker, stop_scheduler
 from utils.models import JobRun
 from utils.time import as_utc
 

@@ -7,7 +7,7 @@ from flask import Blueprint, Flask, current_app, jsonify
 from sqlalchemy import text
 
 from utils.extensions import db
-from utils.ml.storage import ModelStoreError, open_store
+from utils.ml.store import ModelStoreError, open_store
 
 bp = Blueprint("health", __name__)
 

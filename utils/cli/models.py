@@ -1,23 +1,26 @@
 """``flask ml list | info | cleanup | migrate | activate``: the model store from a shell.
 
-A thin layer: every command calls one ``ModelManager`` method and prints what
-it returns.  Failures exit 1 with one line on stderr (``raise fail(...)``).
-``migrate_models_to_filesystem.py`` runs :data:`migrate_command` itself, so
-the script and ``flask ml migrate`` share their options and their output.
+A thin layer: every command calls one function and prints what it returns;
+``cleanup`` runs the ``cleanup_models`` job through the job runner (recorded
+with trigger ``cli``, refused while it runs anywhere) and ``activate`` is the
+API's and the dashboard's activation.  Failures exit 1 with one line on
+stderr (:func:`utils.cli.cli_error`).  ``migrate_models_to_filesystem.py``
+runs :data:`migrate_command` itself, so the script and ``flask ml migrate``
+share their options, their output and their error handling.
 """
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 import click
 from flask import current_app
-from sqlalchemy.exc import SQLAlchemyError
 
-from utils.ml.cli import fail, ml_cli
+from utils.cli import CLI_ACTOR, cell, dump_json, fail, format_table, ml_cli
 from utils.extensions import db
-from utils.ml.model_manager import ModelManager, ModelManagerError, get_model_manager
-from utils.ml.storage import ModelStoreError
+from utils.ml.jobs import TRIGGER_CLI, JobError, run_job_now
+from utils.ml.model_manager import ModelManager, get_model_manager
+from utils.ml.store import ModelStoreError, catalog
 
 _LIST_COLUMNS = (
     ("id", "id"), ("model_type", "model type"), ("metric_type", "metric type"), ("is_active", "active"),
@@ -36,47 +39,6 @@ def _manager(create_directory: bool = True) -> ModelManager:
         raise fail(f"models directory {current_app.config['ML_MODELS_DIR']!r} is unusable: {exc}") from exc
 
 
-def _call(method: str, *args: Any, via: Optional[ModelManager] = None, **kwargs: Any) -> Any:
-    """Run one ModelManager method; any refusal becomes a one-line failure."""
-    manager = via or _manager()
-    try:
-        return getattr(manager, method)(*args, **kwargs)
-    except (ModelManagerError, ModelStoreError, OSError) as exc:
-        raise fail(str(exc)) from exc
-    except SQLAlchemyError as exc:
-        first = str(exc.orig if getattr(exc, "orig", None) is not None else exc).strip().splitlines()[0]
-        raise fail(f"database error ({exc.__class__.__name__}): {first}; is the schema at head (flask db upgrade)?") \
-            from exc
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if hasattr(value, "strftime"):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    return str(value)
-
-
-def format_table(rows: Iterable[dict[str, Any]], columns: Iterable[tuple[str, str]]) -> list[str]:
-    """Plain aligned text columns (no dependency for a table)."""
-    columns = list(columns)
-    cells = [[_cell(row.get(key)) for key, _ in columns] for row in rows]
-    headers = [title for _, title in columns]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    out.append("  ".join("-" * w for w in widths))
-    out.extend("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
-    return out
-
-
-def _dump_json(value: Any) -> str:
-    return json.dumps(value, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v), indent=2)
-
-
 @ml_cli.command("list")
 @click.option("--model-type", default=None, help="Only this model type.")
 @click.option("--metric-type", default=None, help="Only this metric type.")
@@ -84,9 +46,9 @@ def _dump_json(value: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_command(model_type: Optional[str], metric_type: Optional[str], active_only: bool, as_json: bool) -> None:
     """List every model version (file-backed and legacy BLOB rows), newest first."""
-    models = _call("list_models", model_type, metric_type, active=True if active_only else None)
+    models = _manager().list_models(model_type, metric_type, active=True if active_only else None)
     if as_json:
-        click.echo(_dump_json(models))
+        click.echo(dump_json(models))
         return
     if not models:
         click.echo("No models.")
@@ -101,24 +63,33 @@ def list_command(model_type: Optional[str], metric_type: Optional[str], active_o
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info_command(model_type: str, metric_type: str, as_json: bool) -> None:
     """Show the active version of one (model type, metric type)."""
-    info = _call("get_model_info", model_type, metric_type)
+    info = _manager().get_model_info(model_type, metric_type)
     if info is None:
         raise fail(f"no model for model_type={model_type!r} metric_type={metric_type!r}")
     if as_json:
-        click.echo(_dump_json(info))
+        click.echo(dump_json(info))
         return
     width = max(len(k) for k in info)
     for key, value in info.items():
-        click.echo(f"{key.ljust(width)}  {_cell(value) if not isinstance(value, dict) else json.dumps(value)}")
+        click.echo(f"{key.ljust(width)}  {cell(value) if not isinstance(value, dict) else json.dumps(value)}")
 
 
 @ml_cli.command("cleanup")
 @click.option("--keep", type=click.IntRange(min=1), default=None,
               help="Versions kept per (model type, metric type); default ML_KEEP_VERSIONS.")
 def cleanup_command(keep: Optional[int]) -> None:
-    """Delete old versions (never the active one) and orphan files, then report."""
+    """Delete old versions (never the active one) and orphan files, then report.
+
+    Runs the cleanup_models job (recorded in ml_job_runs, trigger cli); exits 1
+    without doing anything while a cleanup runs in any process.
+    """
     keep = keep if keep is not None else int(current_app.config["ML_KEEP_VERSIONS"])
-    result = _call("cleanup_old_models", keep_versions=keep)
+    _manager()  # a models directory that cannot be used is named as such, before any run is recorded
+    failure: Optional[JobError] = None
+    try:
+        result = run_job_now("cleanup_models", CLI_ACTOR, trigger=TRIGGER_CLI, keep_versions=keep)["result"]
+    except JobError as exc:  # it ran, and some files could not be removed: report them, then fail
+        result, failure = exc.result, exc
     click.echo(f"🗑️  Deleted {result['deleted_count']} old versions (kept {keep} per type), "
                f"{result['orphans_deleted']} orphan and {result['temp_files_deleted']} temporary files; "
                f"freed {result['freed_space_mb']} MB")
@@ -127,7 +98,7 @@ def cleanup_command(keep: Optional[int]) -> None:
         click.echo(f"💽 Disk: {disk['used_gb']} of {disk['total_gb']} GB used ({disk['percent']}%)")
     for error in result["errors"]:
         click.echo(f"❌ {error}", err=True)
-    if result["errors"]:
+    if failure is not None:
         raise fail(f"cleanup finished with {len(result['errors'])} error(s)")
 
 
@@ -136,8 +107,17 @@ def cleanup_command(keep: Optional[int]) -> None:
 @click.option("--reason", default="activated from the command line", show_default=True,
               help="Recorded in the activation audit trail.")
 def activate_command(model_id: int, reason: str) -> None:
-    """Make MODEL_ID the active version of its type (rollback or promotion)."""
-    result = _call("activate_model", model_id, actor="cli", reason=reason)
+    """Make MODEL_ID the active version of its type (rollback or promotion).
+
+    The activation the API and the dashboard use: the file is verified
+    first, the audit trail records the version it replaces, and the version
+    that is already active stays so without a new audit row.
+    """
+    result = catalog.activate(_manager(), model_id, actor=CLI_ACTOR, reason=reason)
+    if not result["changed"]:
+        click.echo(f"Model {model_id} already is the active version of {result['model_type']}/"
+                   f"{result['metric_type']}; nothing changed")
+        return
     previous = result["from_model_id"]
     click.echo(f"✅ Model {model_id} is now active for {result['model_type']}/{result['metric_type']}"
                f" (previously {previous if previous is not None else 'none'})")
@@ -189,8 +169,7 @@ def migrate_command(dry_run: bool, purge_blobs: bool) -> None:
     all the same.
     """
     # A dry run changes nothing on disk either: not even a missing models directory.
-    result = _call("migrate_from_database", via=_manager(create_directory=not dry_run),
-                   dry_run=dry_run, purge_blobs=purge_blobs)
+    result = _manager(create_directory=not dry_run).migrate_from_database(dry_run=dry_run, purge_blobs=purge_blobs)
     for line in migration_report(result):
         click.echo(line)
     if result["failed"]:

@@ -1,22 +1,22 @@
 """``flask ml demo-data | import-metrics | train | scan``: the anomaly pipeline from a shell.
 
-A thin layer over :mod:`utils.ml.demo_data`, :mod:`utils.ml.observations`,
-:mod:`utils.ml.model_trainer` and :mod:`utils.ml.scan`.  Failures exit 1 with
-one line on stderr (``raise fail(...)``).
+A thin layer over :mod:`utils.ml.pipeline.demo_data`,
+:mod:`utils.ml.pipeline.observations` and the job runner: ``train`` and
+``scan`` run the ``train_models`` and ``anomaly_scan`` jobs exactly as the
+API and the scheduler do (one recorded run each, trigger ``cli``; refused
+while the same job runs anywhere) and print the run's result.  Failures exit
+1 with one line on stderr (:func:`utils.cli.cli_error`).
 """
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
 
-from utils.ml.cli import fail, ml_cli
-from utils.ml.cli_models import _dump_json, format_table
-from utils.ml.model_manager import ModelManagerError
-from utils.ml.observations import ObservationValidationError
-from utils.ml.storage import ModelStoreError
+from utils.cli import CLI_ACTOR, dump_json, fail, format_table, ml_cli
+from utils.ml.jobs import TRIGGER_CLI, JobError, run_job_now
+from utils.ml.pipeline.observations import check_observed_metric_type
 
 _TRAIN_COLUMNS = (
     ("metric_type", "metric type"), ("status", "status"), ("model_id", "model id"), ("samples", "samples"),
@@ -29,36 +29,13 @@ _SCAN_COLUMNS = (
 )
 
 
-def _run(action: Callable[[], Any]) -> Any:
-    """Run ``action``; refusals and database errors become a one-line failure."""
-    from utils.extensions import db
-
+def _run_job(name: str, **params: Any) -> tuple[Any, Optional[JobError]]:
+    """Run job ``name`` through the job runner as the CLI: ``(result, None)``, or
+    ``(partial result, the JobError)`` when it ran but did not do all of its work."""
     try:
-        return action()
-    except ObservationValidationError as exc:
-        raise fail(_validation_line(exc)) from exc
-    except (ValueError, ModelManagerError, ModelStoreError, OSError) as exc:
-        db.session.rollback()
-        raise fail(str(exc)) from exc
-    except SQLAlchemyError as exc:
-        db.session.rollback()
-        first = str(exc.orig if getattr(exc, "orig", None) is not None else exc).strip().splitlines()[0]
-        raise fail(f"database error ({exc.__class__.__name__}): {first}; is the schema at head (flask db upgrade)?") \
-            from exc
-
-
-def _validation_line(exc: ObservationValidationError) -> str:
-    """All problems on one line: ``line 3, column metric_value: must be a number; ...``."""
-    parts = []
-    for error in exc.errors[:10]:
-        where = []
-        if error.get("line") is not None:
-            where.append(f"line {error['line']}")
-        if error.get("column"):
-            where.append(f"column {error['column']}")
-        parts.append(f"{', '.join(where)}: {error['rule']}" if where else str(error["rule"]))
-    more = f" (+{len(exc.errors) - 10} more)" if len(exc.errors) > 10 else ""
-    return f"nothing imported: {'; '.join(parts)}{more}"
+        return run_job_now(name, CLI_ACTOR, trigger=TRIGGER_CLI, **params)["result"], None
+    except JobError as exc:
+        return exc.result, exc
 
 
 @ml_cli.command("demo-data")
@@ -77,17 +54,17 @@ def _validation_line(exc: ObservationValidationError) -> str:
 def demo_data_command(rooms: int, products: int, attendants: int, days: int, seed: Optional[int],
                       anomaly_rate: Optional[float], end: Optional[datetime], if_empty: bool) -> None:
     """Insert realistic minibar observations with labelled anomalies (global and contextual)."""
-    from utils.ml.demo_data import DEFAULT_ANOMALY_RATE, DEFAULT_SEED, generate_demo_data, has_observations
+    from utils.ml.pipeline.demo_data import DEFAULT_ANOMALY_RATE, DEFAULT_SEED, generate_demo_data, has_observations
 
-    if if_empty and _run(has_observations):
+    if if_empty and has_observations():
         click.echo("Observations already present: no demo data added.")
         return
 
-    result = _run(lambda: generate_demo_data(
+    result = generate_demo_data(
         rooms=rooms, products=products, attendants=attendants, days=days,
         seed=DEFAULT_SEED if seed is None else seed, end=end,
         anomaly_rate=DEFAULT_ANOMALY_RATE if anomaly_rate is None else anomaly_rate,
-    ))
+    )
     click.echo(f"Inserted {result['observations']} observations from {result['start']} to {result['end']} "
                f"(seed {result['seed']}, {result['seconds']}s):")
     rows = [{"metric_type": name, **counts} for name, counts in result["by_metric_type"].items()]
@@ -105,9 +82,9 @@ def import_metrics_command(csv_file: str) -> None:
     Header row required: metric_type, entity_id, metric_value, timestamp
     (ISO 8601; no zone = UTC) and optionally extra_data (a JSON object).
     """
-    from utils.ml.observations import import_csv
+    from utils.ml.pipeline.observations import import_csv
 
-    count = _run(lambda: import_csv(csv_file))
+    count = import_csv(csv_file)
     click.echo(f"Imported {count} observations from {csv_file}")
 
 
@@ -125,31 +102,39 @@ def _train_note(row: dict[str, Any]) -> Optional[str]:
 @click.option("--metric-type", default=None, help="Only this metric type (default: every one with data).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def train_command(metric_type: Optional[str], as_json: bool) -> None:
-    """Train one Isolation Forest per metric type on the recent window and activate it."""
-    from utils.ml.model_trainer import train_models
+    """Train one Isolation Forest per metric type on the recent window and activate it.
 
-    results = _run(lambda: train_models(metric_type=metric_type, actor="cli"))
+    Runs the train_models job (recorded in ml_job_runs, trigger cli); exits 1
+    without training while training runs in any process, and after printing
+    the table when any metric type failed.
+    """
+    params = {"metric_type": check_observed_metric_type(metric_type, "trained on")} if metric_type else {}
+    results, failure = _run_job("train_models", **params)
     if as_json:
-        click.echo(_dump_json(results))
+        click.echo(dump_json(results))
     elif not results:
         click.echo("Nothing to train: no observations in the training window.")
     else:
         for line in format_table([{**r, "note": _train_note(r)} for r in results], _TRAIN_COLUMNS):
             click.echo(line)
-    if results and all(r.get("status") == "failed" for r in results):
-        raise fail(f"training failed for every metric type: {results[0].get('error')}")
+    if failure is not None:
+        raise fail(f"{failure}; see the table above")
 
 
 @ml_cli.command("scan")
 @click.option("--metric-type", default=None, help="Only this metric type (default: every one with new data).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a summary.")
 def scan_command(metric_type: Optional[str], as_json: bool) -> None:
-    """Score observations that arrived since the last scan and record one alert per anomaly."""
-    from utils.ml.scan import run_scan
+    """Score observations that arrived since the last scan and record one alert per anomaly.
 
-    result = _run(lambda: run_scan(metric_type=metric_type))
+    Runs the anomaly_scan job (recorded in ml_job_runs, trigger cli); exits 1
+    without scanning while a scan runs in any process, and after printing the
+    summary when any metric type failed.
+    """
+    params = {"metric_type": check_observed_metric_type(metric_type, "scanned")} if metric_type else {}
+    result, failure = _run_job("anomaly_scan", **params)
     if as_json:
-        click.echo(_dump_json(result))
+        click.echo(dump_json(result))
     else:
         click.echo(f"Scanned {result['scanned']} observations, {result['alerts']} new alerts "
                    f"({result['seconds']}s).")
@@ -160,5 +145,5 @@ def scan_command(metric_type: Optional[str], as_json: bool) -> None:
         if rows:
             for line in format_table(rows, _SCAN_COLUMNS):
                 click.echo(line)
-    if result.get("errors"):
-        raise fail(f"scan failed for {result['errors']} metric type(s); see the table above")
+    if failure is not None:
+        raise fail(f"{failure}; see the table above")

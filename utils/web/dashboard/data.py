@@ -1,7 +1,7 @@
 """What the dashboard shows, as plain data: one query function per panel.
 
 Every function needs an application context and only reads; the view in
-``utils/web/dashboard.py`` renders what they return.  Time buckets are UTC.
+``utils/web/dashboard/views.py`` renders what they return.  Time buckets are UTC.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from sqlalchemy import func, select
 
 from utils.extensions import db
 from utils.ml.model_manager import get_model_manager
-from utils.ml.observations import MODEL_LOAD_TIME
+from utils.ml.pipeline.observations import MODEL_LOAD_TIME
 from utils.models import METHOD_FILE, MLAlert, MLMetric
 from utils.time import as_utc, utcnow
-from utils.web.svg_charts import Series
+from utils.web.dashboard.svg_charts import Series
 
 ALERT_DAYS = 14
 LOAD_WINDOW = timedelta(days=14)
@@ -207,5 +207,6 @@ def last_job_runs() -> list[dict[str, Any]]:
             "duration": humanize_age(run["duration_s"]) if run["duration_s"] is not None else None,
             "age": humanize_age((utcnow() - started).total_seconds()),
             "where": f"{run['host'] or '?'}:{run['pid'] or '?'}", "error": run["error"],
+            "trigger": (run["details"] or {}).get("trigger"),
         })
     return result

@@ -29,11 +29,11 @@ from flask import (
 )
 from werkzeug.wrappers import Response
 
-from utils.extensions import db
-from utils.ml.model_manager import ModelManagerError, get_model_manager
-from utils.models import MLModel
-from utils.web import dashboard_data, svg_charts
+from utils.ml.model_manager import get_model_manager
+from utils.ml.store import catalog
 from utils.web.auth import NOT_CONFIGURED, token_matches
+from utils.web.dashboard import data as dashboard_data
+from utils.web.dashboard import svg_charts
 
 bp = Blueprint("dashboard", __name__, url_prefix="/ml/dashboard")
 
@@ -164,14 +164,19 @@ def activate(model_id: int) -> Any:
     reason = (request.form.get("reason") or "").strip() or "activated from the dashboard"
     if len(reason) > MAX_REASON:
         return _refuse(400, "Reason too long", f"reason: at most {MAX_REASON} characters; nothing was changed.")
-    if db.session.get(MLModel, model_id) is None:
-        return _refuse(404, "Not activated", f"model {model_id} does not exist; nothing was changed.")
     try:
-        result = get_model_manager().activate_model(model_id, actor=ACTOR, reason=reason)
-    except ModelManagerError as exc:  # unreadable or mismatching file, ...: nothing changed
+        # The activation the API and the CLI use: verified, audited, a no-op for the active version.
+        result = catalog.activate(get_model_manager(), model_id, actor=ACTOR, reason=reason)
+    except catalog.ModelNotFoundError as exc:
+        return _refuse(404, "Not activated", f"{exc}; nothing was changed.")
+    except catalog.ActivationRefusedError as exc:  # unreadable or mismatching file, ...: nothing changed
         return _refuse(409, "Not activated", str(exc))
-    flash(f"Model {model_id} is now the active {result['model_type']}/{result['metric_type']} "
-          f"(was {result['from_model_id'] or 'none'}).")
+    if result["changed"]:
+        flash(f"Model {model_id} is now the active {result['model_type']}/{result['metric_type']} "
+              f"(was {result['from_model_id'] or 'none'}).")
+    else:
+        flash(f"Model {model_id} already is the active {result['model_type']}/{result['metric_type']}; "
+              "nothing was changed.")
     return redirect(url_for("dashboard.index") + f"#type-{result['model_type']}-{result['metric_type']}")
 
 

@@ -1,5 +1,5 @@
 """Pydantic models of the JSON API: they validate requests, shape responses,
-and generate the OpenAPI document (``utils.web.openapi``), so what the
+and generate the OpenAPI document (``utils.web.api.openapi``), so what the
 document promises is exactly what the code enforces.
 
 Request bodies are *strict* (a JSON string is not a number, ``true`` is not
@@ -29,8 +29,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from utils.ml.alerts import DEFAULT_PER_PAGE, MAX_ID, MAX_PAGE, MAX_PER_PAGE, METHODS
-from utils.ml.observations import INTERNAL_METRIC_TYPES, ObservationIn
+from utils.ml.pipeline.alerts import DEFAULT_PER_PAGE, MAX_PAGE, MAX_PER_PAGE, METHODS
+from utils.ml.pipeline.observations import INTERNAL_METRIC_TYPES, ObservationIn
+from utils.ml.validation import MAX_ROW_ID
 from utils.models import METRIC_TYPE_PATTERN, MODEL_TYPE_PATTERN
 
 MAX_BATCH = 10_000
@@ -58,11 +59,11 @@ MetricType = Annotated[str, StringConstraints(pattern=METRIC_TYPE_PATTERN),
                        Field(description=f"metric type, {METRIC_TYPE_PATTERN}", examples=["stok_seviye"])]
 ModelType = Annotated[str, StringConstraints(pattern=MODEL_TYPE_PATTERN),
                       Field(description=f"model type, {MODEL_TYPE_PATTERN}", examples=["isolation_forest"])]
-RowId = Annotated[int, Field(ge=1, le=MAX_ID, description="a row id (32-bit, from 1)")]
-EntityId = json_int(0, MAX_ID, "product, room or attendant id")
+RowId = Annotated[int, Field(ge=1, le=MAX_ROW_ID, description="a row id (32-bit, from 1)")]
+EntityId = json_int(0, MAX_ROW_ID, "product, room or attendant id")
 Method = Literal["isolation_forest_file", "isolation_forest_db", "z_score"]
 if set(Method.__args__) != set(METHODS):  # type: ignore[attr-defined]  # one list of methods, not two
-    raise ImportError("schemas.Method is out of step with utils.ml.alerts.METHODS")
+    raise ImportError("schemas.Method is out of step with utils.ml.pipeline.alerts.METHODS")
 
 
 def _utc(value: datetime) -> datetime:
@@ -284,7 +285,7 @@ class JobResult(ResponseModel):
     job: str
     actor: str
     run_id: int
-    trigger: str = Field(description="manual for runs started here")
+    trigger: str = Field(description="api for runs started here (cli, api or schedule in ml_job_runs)")
     status: str = Field(description="success (a failed run answers 500 with the reason)")
     scheduled_for: datetime
     duration_s: float

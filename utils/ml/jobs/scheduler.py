@@ -4,10 +4,10 @@ Every process that starts a scheduler (each gunicorn worker with
 ``ML_SCHEDULER_ENABLED=true``, each app container, the dedicated ``flask ml
 scheduler`` process) runs the same ``BackgroundScheduler`` with three
 interval jobs aligned to the epoch, and competes for leadership through
-:mod:`utils.ml.leader`.  At every tick each process computes the same
-``scheduled_for``; only the leader claims and runs it, and the claim itself
-is a unique row (:mod:`utils.ml.jobs`), so a tick runs once even while a
-dead leader's successor is taking over.
+:mod:`utils.ml.jobs.leader`.  At every tick each process computes the same
+``scheduled_for``; only the leader claims and runs it through the job runner,
+and the claim itself is a unique row (:mod:`utils.ml.jobs.runner`), so a tick
+runs once even while a dead leader's successor is taking over.
 
 Nothing starts at import or in ``create_app``: ``flask db upgrade``, other
 ``flask`` commands and test apps never run jobs.  The scheduler is started
@@ -33,14 +33,16 @@ from apscheduler.triggers.interval import IntervalTrigger
 from flask import Flask
 
 from utils.ml import events
-from utils.ml.jobs import JOBS, run_scheduled_tick, tick_for
-from utils.ml.leader import LEADER_LOCK_CLASS, LEADER_LOCK_NAME, LeaderElector, make_lock
+from utils.ml.jobs.definitions import JOBS
+from utils.ml.jobs.leader import LeaderElector
+from utils.ml.jobs.locks import LEADER_LOCK_CLASS, LEADER_LOCK_NAME, make_lock
+from utils.ml.jobs.runner import run_scheduled_tick, tick_for
 
 logger = logging.getLogger("ml.scheduler")
 
 EXTENSION_KEY = "ml_scheduler"
 # Interval triggers count from the epoch, so every process fires at the same
-# aligned instants (k * interval) that jobs.tick_for() names.
+# aligned instants (k * interval) that runner.tick_for() names.
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 _start_lock = threading.Lock()

@@ -12,9 +12,9 @@ from typing import Any
 import click
 from flask import current_app
 
-from utils.ml.cli import fail, ml_cli
-from utils.ml.metrics import start_metrics_server
-from utils.ml.scheduler import start_scheduler, stop_scheduler
+from utils.cli import fail, ml_cli
+from utils.ml.jobs.scheduler import start_scheduler, stop_scheduler
+from utils.web.monitoring import start_metrics_server
 
 
 @ml_cli.command("scheduler")
@@ -34,10 +34,7 @@ def scheduler_command() -> None:
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        try:
-            scheduler = start_scheduler(app)
-        except ValueError as exc:  # a configuration rule, named by the message
-            raise fail(str(exc)) from None
+        scheduler = start_scheduler(app)  # a ValueError names a configuration rule: one line, exit 1
         start_metrics_server(app)  # this process's own /metrics on ML_METRICS_PORT (0: off)
         intervals = ", ".join(f"{name} every {seconds:g}s" for name, seconds in scheduler.intervals.items())
         click.echo(f"scheduler running ({scheduler.elector.backend} leader election; {intervals}); "
