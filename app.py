@@ -1,18 +1,22 @@
 """Application factory of the minibar ML service.
 
-``gunicorn app:app`` serves the module-level ``app``; ``flask`` finds it too.
-Tests call ``create_app(test_config)`` with their own settings.
+``create_app(test_config=None)`` reads the settings (:mod:`utils.settings`)
+from the environment each time it is called, ``test_config`` overriding
+them, and configures logging for a real (non-testing) app.  Importing this
+module builds nothing: the module-level ``app`` that ``gunicorn app:app`` and
+``FLASK_APP=app:app`` use is created on first access, once per process.
 """
 from __future__ import annotations
 
 import importlib
 import os
+import threading
 from typing import Any, Mapping, Optional
 
 from flask import Flask
 
-from config import BASE_DIR, Config
 from utils.extensions import db, migrate
+from utils.settings import BASE_DIR, ConfigError, load_settings
 
 # One module per concern, each with an ``init_app(app)`` hook (flaskr style).
 # Order matters only for logging, which is configured first.
@@ -21,11 +25,11 @@ COMPONENTS = (
     "utils.web.errors",
     "utils.web.health",
     "utils.ml.model_manager",
-    "utils.ml.cli",
-    "utils.ml.metrics",
+    "utils.cli",
+    "utils.web.monitoring",
     "utils.web.api",
     "utils.web.dashboard",
-    "utils.ml.scheduler",
+    "utils.ml.jobs.scheduler",
 )
 
 
@@ -37,11 +41,14 @@ def _engine_options(url: str) -> dict[str, Any]:
 
 
 def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
-    """Build the app from :class:`config.Config`, overridden by ``test_config``."""
+    """Build the app from the settings in ``os.environ``, overridden by ``test_config``.
+
+    Raises :class:`utils.settings.ConfigError` naming the first bad setting.
+    """
+    test_config = dict(test_config or {})
     app = Flask(__name__, instance_path=str(BASE_DIR / "instance"))
-    app.config.from_object(Config)
-    if test_config:
-        app.config.update(test_config)
+    app.config.update(load_settings(os.environ, given=test_config.keys()))
+    app.config.update(test_config)
     app.config.setdefault(
         "SQLALCHEMY_ENGINE_OPTIONS", _engine_options(app.config["SQLALCHEMY_DATABASE_URI"])
     )
@@ -58,4 +65,23 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     return app
 
 
-app = create_app()
+_app_lock = threading.Lock()
+
+
+def __getattr__(name: str) -> Any:
+    """The module-level ``app`` (``gunicorn app:app``, ``FLASK_APP=app:app``), created on first use, once.
+
+    A bad setting ends a command-line process with the one line the CLI
+    error handler gives it (``config error: ...``, exit status 2).
+    """
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    with _app_lock:
+        if "app" not in globals():
+            try:
+                globals()["app"] = create_app()
+            except ConfigError as exc:
+                from utils.cli import cli_error
+
+                raise cli_error(exc) from None
+    return globals()["app"]

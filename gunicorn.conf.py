@@ -1,26 +1,44 @@
-"""gunicorn settings for the quick start and the container (env-driven).
+"""gunicorn settings for the quick start and the container, from the one table of settings.
+
+Read by the master before it binds or forks: every setting (the app's and the
+server's: ``PORT``, ``GUNICORN_*``, see :mod:`utils.settings`) is checked
+here, so a bad value stops gunicorn at once with one line (``config error:
+...``) and exit status 2, instead of every worker failing to boot.
 
 No ``preload_app``: every worker imports the app after the fork, so no
 database connection or scheduler thread is ever shared across processes.
 """
 import os
 import shutil
+import sys
 import tempfile
 
-bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{os.environ.get('PORT', '5000')}")
-workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
-graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
+# gunicorn puts its working directory on sys.path; this file's directory is the project's.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from utils.settings import ConfigError, load_server_settings, load_settings  # noqa: E402
+
+try:
+    load_settings(os.environ)
+    _server = load_server_settings(os.environ)
+except ConfigError as _exc:
+    print(_exc.line, file=sys.stderr, flush=True)
+    sys.exit(2)
+
+bind = _server["GUNICORN_BIND"]
+workers = _server["GUNICORN_WORKERS"]
+threads = _server["GUNICORN_THREADS"]
+timeout = _server["GUNICORN_TIMEOUT"]
+graceful_timeout = _server["GUNICORN_GRACEFUL_TIMEOUT"]
 keepalive = 5
-accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
+accesslog = _server["GUNICORN_ACCESSLOG"]
 if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"
 # gunicorn's control socket (for gunicornc) defaults to one fixed path per user,
 # $HOME/.gunicorn/gunicorn.ctl: several masters on a host would take it from each
 # other, and the container's non-root user cannot create it under /app. Opt in
 # with an explicit path.
-control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "")
+control_socket = _server["GUNICORN_CONTROL_SOCKET"]
 control_socket_disable = not control_socket
 
 
@@ -45,13 +63,13 @@ def child_exit(server, worker):
 def post_worker_init(worker):
     # Every worker competes for scheduler leadership (when ML_SCHEDULER_ENABLED
     # and ML_ENABLED are true); started here, after the fork, never at import.
-    from utils.ml.scheduler import start_for_web_worker
+    from utils.ml.jobs.scheduler import start_for_web_worker
 
     start_for_web_worker(worker.wsgi)
 
 
 def worker_exit(server, worker):
     # Runs in the worker process on any exit: release leadership at once.
-    from utils.ml.scheduler import stop_for_web_worker
+    from utils.ml.jobs.scheduler import stop_for_web_worker
 
     stop_for_web_worker(getattr(worker, "wsgi", None))

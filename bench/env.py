@@ -118,8 +118,6 @@ class BenchEnv:
         name = dbutil.create_pg_database(prefix=DB_PREFIX)
         env = cls(db_name=name, url=dbutil.pg_url(name), models_dir=models_dir, workdir=workdir)
         try:
-            import app  # noqa: F401  (its import configures logging; swap the handlers after it)
-
             env._log_like_production()
             dbutil.migrate(env.url, workdir / "migrate_models")
             env.app = dbutil.make_app(env.url, models_dir)
@@ -132,8 +130,8 @@ class BenchEnv:
         """Production logs every event at INFO as a JSON line: pay that cost here too.
 
         The lines go to a file in the work directory instead of the terminal:
-        the root logger's handlers (importing ``app`` installs a stderr one)
-        are swapped for that file's until ``close``.
+        the root logger's handlers are swapped for that file's until ``close``
+        (the bench's apps are testing apps, which configure no logging).
         """
         from utils.logging_setup import JsonFormatter
 

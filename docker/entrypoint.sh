@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Container entry point of the minibar ML image (the tests also run it as a plain process).
 #
+#   0. check every setting (python -m utils.settings): a bad one exits 2 with one line
 #   1. wait until the database accepts connections   (at most DB_WAIT_TIMEOUT seconds)
 #   2. flask db upgrade, retried while the database finishes starting
 #                                                     (MIGRATE_ATTEMPTS tries, MIGRATE_RETRY_DELAY apart)
@@ -48,6 +49,13 @@ step() {
     child=0
     return "$status"
 }
+
+# Every setting is checked first: a bad one stops the container with one line
+# ("config error: NAME='value': rule") and exit status 2, before anything waits or migrates.
+if ! step python -m utils.settings; then
+    log "giving up: a setting is invalid (see the line above)"
+    exit 2
+fi
 
 log "waiting up to ${DB_WAIT_TIMEOUT}s for the database"
 if ! step python -m utils.db_wait --timeout "$DB_WAIT_TIMEOUT" --interval "$DB_WAIT_INTERVAL"; then

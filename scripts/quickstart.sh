@@ -15,6 +15,10 @@ if [ ! -x "$BIN/gunicorn" ] || [ ! -x "$BIN/flask" ]; then
   exit 1
 fi
 
+# Every setting (PORT and GUNICORN_* included) is checked before any setup work:
+# a bad one stops here with one line, "config error: NAME='value': rule", exit status 2.
+"$BIN/python" -m utils.settings
+
 mkdir -p instance
 export FLASK_APP=app:app
 export DATABASE_URL="${DATABASE_URL:-sqlite:///$ROOT/instance/ml.sqlite3}"

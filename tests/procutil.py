@@ -22,6 +22,28 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = ROOT / ".venv" / "bin"
 
 
+# What a fresh checkout does not have: git state, local databases, caches, the venv.
+COPY_SKIP = {".venv", "instance", ".pytest_cache", "__pycache__", "test-artifacts", ".git"}
+
+
+def copy_tree(source: Path, target: Path) -> Path:
+    """The project's files as a fresh checkout has them (no model files, no bench results), ``.venv`` linked."""
+    for path in source.rglob("*"):
+        relative = path.relative_to(source)
+        if COPY_SKIP & set(relative.parts) or path.is_dir():
+            continue
+        if relative.parts[0] == "ml_models" and path.name not in (".gitkeep", "README.md"):
+            continue
+        if relative.parts[0] == "bench" and "results" in relative.parts:
+            continue
+        destination = target / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes(path.read_bytes())
+        destination.chmod(path.stat().st_mode & 0o777)
+    (target / ".venv").symlink_to(source / ".venv")
+    return target
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -343,7 +343,7 @@ def test_dockerignore_keeps_tests_caches_and_local_state_out_of_the_image():
     shipped = {p for p in context if not dockerignore_excludes(p, patterns)}
 
     # What the image needs is in the build context.
-    for needed in ("app.py", "config.py", "requirements.txt", "gunicorn.conf.py", "migrations/env.py",
+    for needed in ("app.py", "utils/settings.py", "requirements.txt", "gunicorn.conf.py", "migrations/env.py",
                    "migrations/alembic.ini", "docker/entrypoint.sh", "docker/healthcheck.py",
                    "utils/db_wait.py", "utils/migration_lock.py", "migrate_models_to_filesystem.py"):
         assert needed in shipped, f"{needed} would be missing from the image"

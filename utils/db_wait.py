@@ -1,13 +1,15 @@
 """Wait until the metadata database accepts connections (the container's first step).
 
 ``python -m utils.db_wait --timeout 60`` retries ``SELECT 1`` against
-``Config.SQLALCHEMY_DATABASE_URI`` until it answers (exit 0) or the timeout
-passes (exit 1, with the last error and the URL, password hidden).  It
-imports only :mod:`config` and SQLAlchemy, not the app, so it starts fast.
+``DATABASE_URL`` (read through :mod:`utils.settings`) until it answers (exit
+0) or the timeout passes (exit 1, with the last error and the URL, password
+hidden); a bad setting exits 2 with its one line.  It imports only
+:mod:`utils.settings` and SQLAlchemy, not the app, so it starts fast.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import Optional
@@ -78,9 +80,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.timeout < 0 or args.interval <= 0:
         parser.error("--timeout must be >= 0 and --interval > 0")
 
-    from config import Config  # the one place the environment is read
+    from utils.settings import ConfigError, load_settings  # the one table of settings
 
-    url = Config.SQLALCHEMY_DATABASE_URI
+    try:
+        url = load_settings(os.environ)["SQLALCHEMY_DATABASE_URI"]
+    except ConfigError as exc:
+        print(exc.line, file=sys.stderr)
+        return 2
     problem = wait_for_database(url, args.timeout, args.interval)
     if problem is not None:
         _say(f"database at {safe_url(url)} did not answer within {args.timeout:g}s: {problem}")

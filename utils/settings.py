@@ -1,0 +1,276 @@
+"""Every setting of the service in one table: its variable, parser, default (stated once) and meaning.
+
+Settings are read when an app is created, not when a module is imported:
+``create_app()`` calls :func:`load_settings` over ``os.environ`` (its
+``test_config`` overrides), so an app built after the environment changed
+sees the new values.  ``gunicorn.conf.py`` and the quick start
+(``python -m utils.settings``) check the same table before anything starts,
+with :func:`load_server_settings` for the web server's own variables.
+
+A bad value raises :class:`ConfigError`, whose ``line`` is the one line an
+operator sees (``config error: ML_KEEP_VERSIONS='abc': expected a whole
+number``) before the process exits with status 2.  Code outside an app
+context that needs a setting reads the table's default with :func:`current`,
+so no module repeats a default.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, Collection, Iterable, Mapping, Optional
+
+BASE_DIR = Path(__file__).resolve().parents[1]
+
+Parser = Callable[[str, str], Any]  # (variable name, raw text) -> value; raises ConfigError
+
+
+class ConfigError(ValueError):
+    """A setting's value breaks its rule; ``line`` is what the operator is shown."""
+
+    def __init__(self, name: str, raw: str, rule: str) -> None:
+        super().__init__(f"{name}={raw!r}: {rule}")
+        self.name = name
+        self.raw = raw
+        self.rule = rule
+
+    @property
+    def line(self) -> str:
+        return f"config error: {self}"
+
+
+# ------------------------------------------------------------------ parsers
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(name, raw, "expected true or false")
+
+
+def _number(kind: Callable[[str], Any], expected: str, minimum: float, maximum: Optional[float]) -> Parser:
+    def parse(name: str, raw: str) -> Any:
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ConfigError(name, raw, f"expected {expected}") from None
+        if not math.isfinite(value):
+            raise ConfigError(name, raw, f"expected a finite {expected.removeprefix('a ')}")
+        if value < minimum:
+            raise ConfigError(name, raw, f"must be at least {minimum:g}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(name, raw, f"must be at most {maximum:g}")
+        return value
+    return parse
+
+
+def _int(minimum: int = 0, maximum: Optional[int] = None) -> Parser:
+    return _number(int, "a whole number", minimum, maximum)
+
+
+def _float(minimum: float = 0.0, maximum: Optional[float] = None) -> Parser:
+    return _number(float, "a number", minimum, maximum)
+
+
+def _floats(minimum: float = 0.0) -> Parser:
+    """Comma-separated numbers, e.g. ``1,2,4``."""
+    one = _float(minimum)
+
+    def parse(name: str, raw: str) -> tuple[float, ...]:
+        try:
+            return tuple(one(name, part.strip()) for part in raw.split(",") if part.strip())
+        except ConfigError as exc:
+            raise ConfigError(name, raw, f"expected comma-separated numbers ({exc.rule})") from None
+    return parse
+
+
+def _hours(minimum: float) -> Parser:
+    hours = _float(minimum)
+    return lambda name, raw: timedelta(hours=hours(name, raw))
+
+
+def _choice(*options: str) -> Parser:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ConfigError(name, raw, f"expected one of {', '.join(options)}")
+        return value
+    return parse
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _database_url(name: str, raw: str) -> str:
+    """Map the contract's PostgreSQL spellings onto the psycopg2 driver we ship.
+
+    ``postgres://`` is what some platforms (Coolify, Heroku) emit, and a bare
+    ``postgresql://`` means psycopg 3 to SQLAlchemy 2.1, which we do not install.
+    """
+    url = raw.strip()
+    if "://" not in url:
+        raise ConfigError(name, raw, "expected a database URL such as postgresql://user@host/db or sqlite:///path")
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
+# -------------------------------------------------------------------- table
+@dataclass(frozen=True)
+class Derived:
+    """A default computed from the settings read before it (``values`` by config key)."""
+
+    compute: Callable[[Mapping[str, Any]], Any]
+    doc: str
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    parse: Parser
+    default: Any  # a parsed value, or a Derived
+    doc: str
+    key: Optional[str] = None  # the app.config key, when it is not the variable's name
+    scope: str = "app"  # "app": app.config; "server": gunicorn and the quick start only
+
+    @property
+    def config_key(self) -> str:
+        return self.key or self.env
+
+
+def _secret_key(values: Mapping[str, Any]) -> str:
+    return values.get("ML_ADMIN_TOKEN") or os.urandom(32).hex()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # The contract's names first.
+    Setting("DATABASE_URL", _database_url, f"sqlite:///{BASE_DIR / 'instance' / 'ml.sqlite3'}",
+            "metadata database; postgresql://... (psycopg2) in production", key="SQLALCHEMY_DATABASE_URI"),
+    Setting("ML_MODELS_DIR", _text, str(BASE_DIR / "ml_models"), "model files (a path or file:// URL)"),
+    Setting("ML_ENABLED", _bool, True, "false: no jobs, ML endpoints answer 503"),
+    Setting("ML_SCHEDULER_ENABLED", _bool, False, "run the scheduled jobs in this process (gunicorn workers)"),
+    Setting("ML_ADMIN_TOKEN", _text, None, "bearer token of the API and the dashboard sign-in; unset: they refuse"),
+    Setting("ML_KEEP_VERSIONS", _int(1), 3, "versions kept per (model_type, metric_type) by cleanup"),
+    Setting("ML_MAX_MODEL_MB", _float(0.001), 10.0, "largest model file saved or loaded"),
+    Setting("SECRET_KEY", _text, Derived(_secret_key, "ML_ADMIN_TOKEN, else random per process"),
+            "signs the dashboard session cookie (must be equal in every worker)"),
+    # The model store.
+    # Off by default: the benchmarks show decompression costs more load time than it saves disk.
+    Setting("ML_COMPRESS_MODELS", _bool, False, "write new models gzip-compressed (.pkl.gz)"),
+    Setting("ML_LOAD_RETRY_DELAYS", _floats(), (1.0, 2.0, 4.0), "backoff for transient read errors (seconds)"),
+    Setting("ML_CACHE_SIZE", _int(0), 32, "loaded models kept per process (0: no cache)"),
+    Setting("ML_CACHE_TTL_SECONDS", _float(), 30.0,
+            "a cached model is re-validated against the database at least this often"),
+    # A save may be between its rename and its commit: younger orphans are left alone.
+    Setting("ML_ORPHAN_GRACE_SECONDS", _float(), 3600.0, "files with no row younger than this survive cleanup"),
+    Setting("ML_DISK_WARN_PERCENT", _float(0.0, 100.0), 90.0, "disk usage that logs disk_space_low"),
+    # Jobs and the scheduler.
+    Setting("ML_SCAN_INTERVAL_SECONDS", _float(1.0), 3600.0, "anomaly_scan interval"),
+    Setting("ML_TRAIN_INTERVAL_SECONDS", _float(1.0), 86400.0, "train_models interval"),
+    Setting("ML_CLEANUP_INTERVAL_SECONDS", _float(1.0), 86400.0, "cleanup_models interval"),
+    Setting("ML_SCHEDULER_HEARTBEAT_SECONDS", _float(0.1), 5.0, "how often locks and leadership are checked"),
+    Setting("ML_SCHEDULER_LEASE_SECONDS", _float(1.0), 30.0,
+            "SQLite: how long a lease lives unrenewed (takeover time after a dead leader)"),
+    # Training and scans.  See README "Anomaly pipeline" for how 0.02 was chosen.
+    Setting("ML_TRAIN_WINDOW_DAYS", _int(1), 60, "days of observations a model is trained on"),
+    Setting("ML_MIN_TRAIN_SAMPLES", _int(2), 50, "fewer observations: the metric type is skipped"),
+    Setting("ML_CONTAMINATION", _float(0.0001, 0.5), 0.02, "expected share of anomalies (sets the threshold)"),
+    Setting("ML_N_ESTIMATORS", _int(10), 200, "trees per Isolation Forest"),
+    Setting("ML_SCAN_BATCH_SIZE", _int(100), 20000, "observations scored per scan transaction"),
+    # Monitoring, logs, the dashboard.
+    Setting("ML_METRICS_PORT", _int(0, 65535), 0, "flask ml scheduler serves /metrics on this port (0: off)"),
+    Setting("ML_METRICS_ADDR", _text, "0.0.0.0", "address of that metrics server"),
+    Setting("ML_LOG_FORMAT", _choice("json", "text"), "json", "one JSON object per line, or text for people"),
+    Setting("ML_LOG_LEVEL", _choice("debug", "info", "warning", "error", "critical"), "info", "root log level"),
+    Setting("ML_DASHBOARD_SECURE_COOKIE", _bool, False, "mark the session cookie Secure (HTTPS only)",
+            key="SESSION_COOKIE_SECURE"),
+    Setting("ML_DASHBOARD_SESSION_HOURS", _hours(0.01), timedelta(hours=12), "dashboard sign-in lifetime (hours)",
+            key="PERMANENT_SESSION_LIFETIME"),
+    # The web server (gunicorn.conf.py); checked by the quick start before any setup work.
+    Setting("PORT", _int(1, 65535), 5000, "port gunicorn binds when GUNICORN_BIND is not set", scope="server"),
+    Setting("GUNICORN_BIND", _text, Derived(lambda v: f"0.0.0.0:{v['PORT']}", "0.0.0.0:$PORT"),
+            "address gunicorn listens on", scope="server"),
+    Setting("GUNICORN_WORKERS", _int(1), 2, "worker processes", scope="server"),
+    Setting("GUNICORN_THREADS", _int(1), 4, "threads per worker", scope="server"),
+    Setting("GUNICORN_TIMEOUT", _int(0), 60, "seconds a silent worker lives (0: forever)", scope="server"),
+    Setting("GUNICORN_GRACEFUL_TIMEOUT", _int(0), 20, "seconds to finish requests on shutdown", scope="server"),
+    Setting("GUNICORN_ACCESSLOG", _text, "-", "access log file (-: stdout)", scope="server"),
+    Setting("GUNICORN_CONTROL_SOCKET", _text, "", "gunicornc control socket (empty: off)", scope="server"),
+)
+
+# Flask and Flask-SQLAlchemy settings that are not meant to vary by deployment.
+FIXED: dict[str, Any] = {
+    "SQLALCHEMY_TRACK_MODIFICATIONS": False,
+    # Dashboard sign-in cookie: not readable by scripts, not sent on cross-site POSTs.
+    "SESSION_COOKIE_HTTPONLY": True,
+    "SESSION_COOKIE_SAMESITE": "Lax",
+}
+
+_BY_KEY = {setting.config_key: setting for setting in SETTINGS}
+
+
+def _load(settings: Iterable[Setting], environ: Mapping[str, str], given: Collection[str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for setting in settings:
+        if setting.config_key in given:
+            continue
+        raw = environ.get(setting.env)
+        if raw is None or raw.strip() == "":
+            default = setting.default
+            values[setting.config_key] = default.compute(values) if isinstance(default, Derived) else default
+        else:
+            values[setting.config_key] = setting.parse(setting.env, raw)
+    return values
+
+
+def load_settings(environ: Mapping[str, str], *, given: Collection[str] = ()) -> dict[str, Any]:
+    """The app's configuration from ``environ``: every app setting by its config key, plus :data:`FIXED`.
+
+    ``given`` names config keys the caller supplies itself (a test config):
+    they are neither read nor checked.  Raises :class:`ConfigError` on the
+    first bad value.
+    """
+    values = dict(FIXED)
+    values.update(_load((s for s in SETTINGS if s.scope == "app"), environ, given))
+    return values
+
+
+def load_server_settings(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The web server's settings (``PORT``, ``GUNICORN_*``); raises :class:`ConfigError`."""
+    return _load((s for s in SETTINGS if s.scope == "server"), environ, ())
+
+
+def default_of(key: str) -> Any:
+    """The table's default of config key ``key`` (computed for a derived one)."""
+    default = _BY_KEY[key].default
+    return default.compute({}) if isinstance(default, Derived) else default
+
+
+def current(key: str) -> Any:
+    """``key`` from the current app's config, or the table's default outside an app context."""
+    from flask import current_app, has_app_context
+
+    if has_app_context() and key in current_app.config:
+        return current_app.config[key]
+    return default_of(key)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m utils.settings``: check every setting in the environment (exit 2 naming the first bad one)."""
+    try:
+        load_settings(os.environ)
+        load_server_settings(os.environ)
+    except ConfigError as exc:
+        print(exc.line, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
