@@ -10,10 +10,10 @@ uses.  A free port is passed through ``PORT``.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import time
@@ -22,42 +22,18 @@ from pathlib import Path
 import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
-COPY_SKIP = {".venv", "instance", ".pytest_cache", "__pycache__", "test-artifacts", ".git"}
+from tests.procutil import ROOT, copy_tree, free_port
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _copy_tree(source: Path, target: Path) -> None:
-    """Files only (no git state, no local database, no model files)."""
-    for path in source.rglob("*"):
-        relative = path.relative_to(source)
-        if COPY_SKIP & set(relative.parts) or path.is_dir():
-            continue
-        if relative.parts[0] == "ml_models" and path.name not in (".gitkeep", "README.md"):
-            continue
-        if relative.parts[0] == "bench" and "results" in relative.parts:
-            continue
-        destination = target / relative
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        destination.write_bytes(path.read_bytes())
-        destination.chmod(path.stat().st_mode & 0o777)
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 @pytest.fixture
 def fresh_tree(tmp_path) -> Path:
-    tree = tmp_path / "minibar"
-    _copy_tree(ROOT, tree)
-    (tree / ".venv").symlink_to(ROOT / ".venv")
-    return tree
+    return copy_tree(ROOT, tmp_path / "minibar")
 
 
 def test_quickstart_serves_a_trained_system(fresh_tree):
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("ML_", "DATABASE_URL", "GUNICORN_", "FLASK_", "PROMETHEUS_"))}
     env.update(PORT=str(port), GUNICORN_WORKERS="2")
@@ -106,6 +82,28 @@ def test_quickstart_serves_a_trained_system(fresh_tree):
         assert re.search(r"Scanned \d+ observations, \d+ new alerts", output)
         # Bound to loopback only, as printed.
         assert f"Listening at: http://127.0.0.1:{port}" in output
+
+        # The setup's `flask ml train` and `flask ml scan` ran through the job runner: recorded runs
+        # (trigger cli), shown at once on the dashboard's job panel and on /metrics.
+        with sqlite3.connect(database) as conn:
+            first_runs: dict[str, tuple[str, str]] = {}
+            for job, status, details in conn.execute("SELECT job_name, status, details FROM ml_job_runs ORDER BY id"):
+                first_runs.setdefault(job, (status, json.loads(details)["trigger"]))
+        assert first_runs["train_models"] == ("success", "cli") and first_runs["anomaly_scan"] == ("success", "cli")
+        metrics = requests.get(f"{base}/metrics", timeout=10).text
+        for job in ("train_models", "anomaly_scan"):
+            assert re.search(rf'^ml_job_last_success_timestamp_seconds{{job="{job}"}} \d', metrics, re.M), job
+        browser = requests.Session()
+        login = browser.get(f"{base}/ml/dashboard/login", timeout=10).text
+        signed_in = browser.post(f"{base}/ml/dashboard/login", timeout=10, allow_redirects=False,
+                                 data={"csrf_token": CSRF.search(login).group(1), "token": token})
+        assert signed_in.status_code == 302
+        page = browser.get(f"{base}/ml/dashboard", timeout=10).text
+        panel = page[page.index('id="jobs"'):]
+        assert "No job has run yet" not in panel
+        for job in ("train_models", "anomaly_scan"):
+            assert re.search(rf"<td>{job}</td><td><span class=\"status status-success\">success</span></td>\s*"
+                             r"<td>cli</td>", panel), job
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
