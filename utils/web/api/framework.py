@@ -25,8 +25,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from utils.extensions import db
 from utils.ml.validation import InvalidInput, rule_text
-from utils.web.api import schemas as s
 from utils.web.api.openapi import Operation
+from utils.web.api.types import ErrorResponse, FieldError
 from utils.web.auth import check_request
 
 API_PREFIX = "/api/ml"
@@ -58,9 +58,9 @@ def json_response(model: BaseModel, status: int = 200) -> Response:
 
 
 def error_json(status: int, message: str, errors: Optional[list[dict[str, Any]]] = None) -> Response:
-    body = s.ErrorResponse(error=message)
+    body = ErrorResponse(error=message)
     if errors:
-        body.errors = [s.FieldError(**e) for e in errors[:MAX_LISTED_ERRORS]]
+        body.errors = [FieldError(**e) for e in errors[:MAX_LISTED_ERRORS]]
         if len(errors) > MAX_LISTED_ERRORS:
             body.error_count = len(errors)
     return Response(body.model_dump_json(exclude_none=True), status=status, mimetype=JSON_MIMETYPE)
