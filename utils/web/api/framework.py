@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from utils.extensions import db
 from utils.ml.validation import InvalidInput, rule_text
 from utils.web.api.openapi import Operation
-from utils.web.api.types import ErrorResponse, FieldError
+from utils.web.api.base import ErrorResponse, FieldError
 from utils.web.auth import check_request
 
 API_PREFIX = "/api/ml"

@@ -16,7 +16,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
-from utils.web.api.types import ErrorResponse
+from utils.web.api.base import ErrorResponse
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 SECURITY_SCHEME = "bearerAuth"

@@ -3,7 +3,7 @@ and generate the OpenAPI document (``utils.web.api.openapi``), so what the
 document promises is exactly what the code enforces.
 
 The field types, base models (strict bodies, lax queries, tolerant
-responses) and the error body are in :mod:`utils.web.api.types`; the
+responses) and the error body are in :mod:`utils.web.api.base`; the
 models here are one block per resource.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pydantic_core import PydanticCustomError
 
 from utils.ml.pipeline.alerts import DEFAULT_PER_PAGE, MAX_PAGE, MAX_PER_PAGE
 from utils.ml.pipeline.observations import INTERNAL_METRIC_TYPES, ObservationIn
-from utils.web.api.types import (  # noqa: F401  (RowId: the routes' path parameter, used from here)
+from utils.web.api.base import (  # noqa: F401  (RowId: the routes' path parameter, used from here)
     BodyModel,
     EntityId,
     Method,
