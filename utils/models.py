@@ -209,7 +209,7 @@ class MLAlert(db.Model):
     expected_value: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     deviation_percent: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     severity: Mapped[str] = mapped_column(Severity(), nullable=False)
-    message: Mapped[str] = mapped_column(Text, nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("''"))
     suggested_action: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, default=utcnow, server_default=func.now()

@@ -10,7 +10,7 @@ types and indexes, and the downgrade returns each to what it had:
 - ``parameters`` / ``extra_data`` are ``jsonb`` on PostgreSQL, as the app made them;
 - ``ml_alerts`` carries the app's columns (``entity_type``, ``suggested_action``,
   ``created_at``, ``resolved_at``, ``resolved_by_id``) and its indexes; ``message``
-  is always filled; ``metric_type`` may be omitted (a trigger fills it from
+  is never NULL (default empty; the app's e-mail slices it); ``metric_type`` may be omitted (a trigger fills it from
   ``alert_type`` on PostgreSQL, for the app's inserts);
 - ``alert_type`` and ``severity`` hold only the app's words: on PostgreSQL its
   own enum types ``ml_alert_type`` / ``ml_alert_severity`` (created when missing),
@@ -79,11 +79,12 @@ def _app_alert_columns(now: str) -> None:
     ledger.set_nullable(revision, "ml_alerts", "created_at", False)
     ledger.add_column(revision, "ml_alerts", sa.Column("resolved_at", sa.DateTime(timezone=True), nullable=True))
     ledger.add_column(revision, "ml_alerts", sa.Column("resolved_by_id", sa.Integer(), nullable=True))
+    # The app's dashboard and e-mails print every alert's message (its e-mail slices it: None would fail).
     if ledger.columns("ml_alerts")["message"]["nullable"]:
-        # The app's dashboard and e-mails print every alert's message.
         op.execute("UPDATE ml_alerts SET message = metric_type || ': ' || CAST(metric_value AS VARCHAR(40)) "
                    "WHERE message IS NULL")
         ledger.set_nullable(revision, "ml_alerts", "message", False)
+    ledger.set_default(revision, "ml_alerts", "message", "''::text" if ledger.is_pg() else "''")
     alert_type = "alert_type::text" if ledger.is_pg() else "alert_type"
     ledger.set_nullable(revision, "ml_alerts", "metric_type", True, before_not_null=[
         f"UPDATE ml_alerts SET metric_type = {metric_for_alert_sql(alert_type)} WHERE metric_type IS NULL"])
