@@ -10,6 +10,10 @@
 #
 # Concurrent upgrades from several containers are safe: migrations/env.py holds a
 # PostgreSQL advisory lock while migrating, so the second one waits and finds nothing to do.
+# On a database shared with the minibar app (LEGACY.md states A-D) the same upgrade adopts its
+# tables; a revision that cannot get a table lock within ML_MIGRATION_LOCK_TIMEOUT_SECONDS
+# (the app in a long transaction) fails rather than stall the app, and the retry below runs it
+# again: each revision commits on its own, so a retry resumes where the last one stopped.
 # `exec` makes gunicorn replace this shell: it receives SIGTERM itself and shuts down
 # gracefully (GUNICORN_GRACEFUL_TIMEOUT), exiting 0.
 set -Eeuo pipefail

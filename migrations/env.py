@@ -5,7 +5,7 @@ from flask import current_app
 
 from alembic import context
 
-from utils.migration_lock import migration_lock
+from utils.migration_lock import VERSION_TABLE, claim_version_table, lock_wait_limit, migration_lock
 
 # this is the Alembic Config object, which provides
 # access to the values within the .ini file in use.
@@ -66,7 +66,8 @@ def run_migrations_offline():
     """
     url = config.get_main_option("sqlalchemy.url")
     context.configure(
-        url=url, target_metadata=get_metadata(), literal_binds=True
+        url=url, target_metadata=get_metadata(), literal_binds=True,
+        version_table=VERSION_TABLE,
     )
 
     with context.begin_transaction():
@@ -94,12 +95,23 @@ def run_migrations_online():
     conf_args = current_app.extensions['migrate'].configure_args
     if conf_args.get("process_revision_directives") is None:
         conf_args["process_revision_directives"] = process_revision_directives
+    # Our history in a table of our own: in a database shared with the
+    # minibar app, alembic_version holds the hotel app's chain.
+    conf_args.setdefault("version_table", VERSION_TABLE)
+    # PostgreSQL: each revision commits on its own, so the hotel app's writers
+    # wait for one revision's table locks at a time, not the whole upgrade.
+    # (SQLite, without transactional DDL in Alembic, keeps one transaction.)
+    if get_engine().dialect.name == "postgresql":
+        conf_args.setdefault("transaction_per_migration", True)
+    our_revisions = {rev.revision for rev in context.script.walk_revisions()}
 
     connectable = get_engine()
 
     # App and scheduler containers may both upgrade at start: on PostgreSQL
     # an advisory lock makes the second wait, then find nothing to do.
-    with connectable.connect() as connection, migration_lock(connection):
+    with connectable.connect() as connection, migration_lock(connection), \
+            lock_wait_limit(connection, current_app.config.get("ML_MIGRATION_LOCK_TIMEOUT_SECONDS", 10.0)):
+        claim_version_table(connection, our_revisions)
         context.configure(
             connection=connection,
             target_metadata=get_metadata(),

@@ -1,5 +1,6 @@
-"""The migration chain on PostgreSQL and SQLite: head, base, ORM parity, and a
-legacy BLOB database upgraded in place then migrated to files and back.
+"""The migration chain on PostgreSQL and SQLite: head, base, ORM parity (fresh and
+adopted databases alike), and a legacy BLOB database upgraded in place then
+migrated to files and back.  The minibar app's own databases: test_legacy_migrations.py.
 """
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import stat
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from flask_migrate import downgrade, upgrade
 
+from migrations import vocab
 from tests import dbutil
+from tests.legacy import schema
+from tests.legacy.catalog import orm_differences
 from tests.ml_helpers import (
     build_legacy_database,
     legacy_rows,
@@ -25,17 +27,18 @@ from tests.ml_helpers import (
     sql,
     table_dump,
 )
-from utils.extensions import db
+from utils import models as orm
+from utils.migration_lock import VERSION_TABLE
 from utils.ml.model_manager import get_model_manager
 
 TABLES = {"ml_models", "ml_metrics", "ml_alerts", "ml_scan_watermarks", "ml_model_activations", "ml_job_runs",
-          "ml_scheduler_leases"}
+          "ml_scheduler_leases", "ml_migration_ledger"}
 
 
 def _tables(url: str) -> set[str]:
     engine = sa.create_engine(url)
     try:
-        return set(sa.inspect(engine).get_table_names()) - {"alembic_version"}
+        return set(sa.inspect(engine).get_table_names()) - {VERSION_TABLE}
     finally:
         engine.dispose()
 
@@ -52,7 +55,8 @@ def test_upgrade_head_and_downgrade_base_round_trip(empty_database_url, models_d
         with app.app_context():
             upgrade()
             assert _tables(empty_database_url) == TABLES
-            assert sql(empty_database_url, "SELECT version_num FROM alembic_version") == [(_head(app),)]
+            assert sql(empty_database_url, f"SELECT version_num FROM {VERSION_TABLE}") == [(_head(app),)]
+            assert "alembic_version" not in sa.inspect(sa.create_engine(empty_database_url)).get_table_names()
             downgrade(revision="base")
             assert _tables(empty_database_url) == set()
             upgrade()
@@ -61,14 +65,39 @@ def test_upgrade_head_and_downgrade_base_round_trip(empty_database_url, models_d
         dbutil.dispose(app)
 
 
-def test_orm_models_match_the_head_schema(app_ctx):
-    with db.engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
-        differences = compare_metadata(context, db.metadata)
-    assert differences == []
+def test_orm_models_match_the_head_schema(database_url, models_dir):
+    """Fresh PostgreSQL and SQLite: types and server defaults included."""
+    assert orm_differences(database_url, models_dir) == []
+
+
+@pytest.mark.parametrize("state", schema.STATES)
+def test_orm_models_match_the_head_schema_of_every_adopted_database(state, pg_available, models_dir, tmp_path):
+    """The minibar app's databases at head: the same schema as a fresh one (its own tables aside)."""
+    name = dbutil.create_pg_database()
+    url = dbutil.pg_url(name)
+    try:
+        schema.build(url, state, tmp_path)
+        dbutil.migrate(url, models_dir)
+        assert orm_differences(url, models_dir) == []
+    finally:
+        dbutil.drop_pg_database(name)
+
+
+def test_the_orm_and_the_migrations_share_the_apps_vocabulary():
+    assert orm.APP_ALERT_TYPES == vocab.APP_ALERT_TYPES == schema.ALERT_TYPES
+    assert orm.APP_SEVERITIES == vocab.APP_SEVERITIES == schema.SEVERITIES
+    assert vocab.APP_METRIC_TYPES == schema.METRIC_TYPES
+    assert orm.UNREADABLE_ALERT_TYPES == vocab.UNREADABLE_ALERT_TYPES
+    assert orm.ALERT_TYPE_FOR_METRIC == vocab.ALERT_TYPE_FOR_METRIC
+    assert orm.DEFAULT_ALERT_TYPE == vocab.DEFAULT_ALERT_TYPE
+    assert orm.SEVERITY_FROM_ENGLISH == vocab.SEVERITY_FROM_ENGLISH
+    written = set(vocab.ALERT_TYPE_FOR_METRIC.values()) | {vocab.DEFAULT_ALERT_TYPE}
+    assert written <= set(vocab.APP_ALERT_TYPES) and not written & set(vocab.UNREADABLE_ALERT_TYPES)
 
 
 def test_the_database_refuses_a_second_active_row(app_ctx):
+    from utils.extensions import db
+
     insert = sa.text("INSERT INTO ml_models (model_type, metric_type, model_path, training_date, is_active, "
                      "created_at) VALUES ('isolation_forest', 'stok_seviye', :p, :t, :a, :t)")
     now = {"t": "2025-11-12 12:00:00+00:00"}
@@ -94,7 +123,7 @@ def test_a_legacy_database_upgrades_migrates_and_downgrades_without_loss(empty_d
     blob_scores = {i + 1: scores(pickle.loads(r["model_data"])) for i, r in enumerate(rows)}
     blob_hashes = {i + 1: hashlib.sha256(r["model_data"]).hexdigest() for i, r in enumerate(rows)}
     build_legacy_database(url, models_dir, rows, upgrade=False)
-    assert sql(url, "SELECT version_num FROM alembic_version") == [("0001_legacy_schema",)]
+    assert sql(url, f"SELECT version_num FROM {VERSION_TABLE}") == [("0001_legacy_schema",)]
     assert sql(url, "SELECT count(*) FROM ml_models WHERE is_active AND metric_type = 'stok_seviye'") == [(2,)]
 
     dbutil.migrate(url, models_dir)  # flask db upgrade, on the live legacy data
@@ -169,11 +198,14 @@ def test_a_legacy_database_upgrades_migrates_and_downgrades_without_loss(empty_d
 
 
 def test_a_downgrade_that_would_lose_a_model_stops_and_keeps_it(database_url, models_dir, caplog):
+    from utils.extensions import db
+
     app = dbutil.make_app(database_url, models_dir)
     try:
         with app.app_context():
             row = get_model_manager(app).save_model(make_model(1), "isolation_forest", "stok_seviye")
             row_id, key = row.id, row.model_path
+            db.session.commit()  # end the read's transaction: the downgrade alters ml_models
             (models_dir / key).unlink()
             with pytest.raises(SystemExit) as caught:  # flask_migrate turns the RuntimeError into exit 1
                 downgrade(revision="0001_legacy_schema")
