@@ -110,7 +110,7 @@ def run_migrations_online():
     # App and scheduler containers may both upgrade at start: on PostgreSQL
     # an advisory lock makes the second wait, then find nothing to do.
     with connectable.connect() as connection, migration_lock(connection), \
-            lock_wait_limit(connection, current_app.config.get("ML_MIGRATION_LOCK_TIMEOUT_SECONDS", 10.0)):
+            lock_wait_limit(connection, current_app.config["ML_MIGRATION_LOCK_TIMEOUT_SECONDS"]):
         claim_version_table(connection, our_revisions)
         context.configure(
             connection=connection,

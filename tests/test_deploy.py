@@ -32,7 +32,7 @@ import sqlalchemy as sa
 
 from tests import dbutil
 from tests.procutil import free_port, http_status, start, stop_group, wait_until
-from utils.migration_lock import MIGRATION_LOCK_KEY
+from utils.migration_lock import MIGRATION_LOCK_KEY, VERSION_TABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -107,9 +107,9 @@ def current_revision(url: str) -> Optional[str]:
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
-            if not sa.inspect(conn).has_table("alembic_version"):
+            if not sa.inspect(conn).has_table(VERSION_TABLE):
                 return None
-            return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+            return conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
     finally:
         engine.dispose()
 

@@ -183,6 +183,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ML_CONTAMINATION", _float(0.0001, 0.5), 0.02, "expected share of anomalies (sets the threshold)"),
     Setting("ML_N_ESTIMATORS", _int(10), 200, "trees per Isolation Forest"),
     Setting("ML_SCAN_BATCH_SIZE", _int(100), 20000, "observations scored per scan transaction"),
+    # Migrations on a database the hotel app uses: give up waiting for a table
+    # lock rather than stall its writes; the entrypoint's retry resumes.
+    Setting("ML_MIGRATION_LOCK_TIMEOUT_SECONDS", _float(0.1), 10.0,
+            "flask db upgrade waits at most this long for a table lock, then fails (and is retried)"),
     # Monitoring, logs, the dashboard.
     Setting("ML_METRICS_PORT", _int(0, 65535), 0, "flask ml scheduler serves /metrics on this port (0: off)"),
     Setting("ML_METRICS_ADDR", _text, "0.0.0.0", "address of that metrics server"),

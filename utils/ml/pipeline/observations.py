@@ -128,10 +128,25 @@ class ObservationIn(BaseModel):
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"must be JSON-serialisable without NaN/Infinity ({exc})") from None
+        # PostgreSQL's jsonb cannot hold U+0000: one such row would make every
+        # later read of its text (training's label lookup) fail for the whole type.
+        if _has_nul(value):
+            raise ValueError("must not contain the NUL character (\\u0000) in any key or string")
         return value
 
     def to_row(self) -> dict[str, Any]:
         return self.model_dump()
+
+
+def _has_nul(value: Any) -> bool:
+    """True when a key or string anywhere inside ``value`` (parsed JSON) contains U+0000."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
 
 
 def check_observed_metric_type(metric_type: Any, never: str) -> str:

@@ -131,7 +131,6 @@ def _alert_rows(metric_type: str, batch: ObservationBatch, scores: Scores, chain
         who = f"entity {entity}" if entity is not None else "no entity"
         versus = f", expected about {expected:.4g}" if expected is not None else ""
         rows.append({
-            "alert_type": "anomaly",
             "metric_type": metric_type,
             "entity_id": entity,
             "metric_value": value,
