@@ -30,6 +30,7 @@ COMPONENTS = (
     "utils.web.api",
     "utils.web.dashboard",
     "utils.ml.jobs.scheduler",
+    "utils.ml.notify",
 )
 
 

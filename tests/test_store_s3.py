@@ -19,7 +19,7 @@ import pytest
 
 from tests.procutil import ROOT, VENV_BIN
 from tests.s3server import S3Server, running_server
-from utils.ml.storage import ModelStoreError, UnsafePathError, open_store
+from utils.ml.store import ModelStoreError, UnsafePathError, open_store
 from utils.ml.store.s3 import (
     ChecksumMismatchError,
     S3AccessDeniedError,

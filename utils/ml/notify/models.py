@@ -4,14 +4,14 @@ Statuses: ``pending`` (due at ``next_attempt_at``; being sent while
 ``lease_expires_at`` is in the future), ``in_digest`` (held back by the rate
 limit and folded into the digest row ``digest_id``), ``delivered`` (sent,
 or sent as part of digest ``digest_id``) and ``dead`` (gave up; ``last_error``
-says why).  Created by migration ``0100_notification_outbox``.
+says why).  Created by migration ``0007_notification_outbox``.
 """
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import JSON, CheckConstraint, DateTime, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, CheckConstraint, DateTime, Index, Integer, String, Text, UniqueConstraint, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from utils.extensions import db
@@ -49,9 +49,11 @@ class Notification(db.Model):
     severity: Mapped[str] = mapped_column(String(16), nullable=False)
     subject: Mapped[str] = mapped_column(String(SUBJECT_MAX), nullable=False)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
-    status: Mapped[str] = mapped_column(String(16), nullable=False, default=PENDING)
-    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default=PENDING,
+                                        server_default=text("'pending'"))
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow,
+                                                      server_default=func.now())
     # Set when a pass found the row due but the channel's hourly budget spent:
     # such rows go out together as one digest when the window allows.
     held_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -60,5 +62,6 @@ class Notification(db.Model):
     last_error: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
     # Not a foreign key on purpose: a purge of old rows must not need an order.
     digest_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow,
+                                                 server_default=func.now())
     delivered_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -31,17 +31,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterator, Optional
 
-from utils.ml.storage import (
-    MODEL_SUFFIXES,
+from utils.ml.store.base import (
     STORE_SCHEMES,
-    TEMP_PREFIX,
-    LocalModelStore,
     ModelStore,
     ModelStoreError,
     ModelTooLargeError,
     StoredFile,
     UnsafePathError,
 )
+from utils.ml.store.local import MODEL_SUFFIXES, TEMP_PREFIX, LocalModelStore
 from utils.ml.store.s3_cache import RateLimitedLog, VerifiedDiskCache
 from utils.ml.store.s3_client import (  # noqa: F401 - the errors are part of this module's API
     ChecksumMismatchError,

@@ -30,7 +30,7 @@ from botocore.exceptions import (
     NoCredentialsError,
 )
 
-from utils.ml.storage import ModelStoreError
+from utils.ml.store.base import ModelStoreError
 from utils.ml.store.s3_cache import RateLimitedLog
 
 _BUCKET_RULE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")

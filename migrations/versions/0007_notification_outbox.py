@@ -1,14 +1,13 @@
 """Notification outbox: ml_notifications (additive; downgrade drops only this table).
 
-Revision ID: 0100_notification_outbox
-Revises: 0005_scan_index
+Revision ID: 0007_notification_outbox
+Revises: 0006_legacy_coexistence
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0100_notification_outbox"
-# Re-chained at merge onto the newest revision of main.
-down_revision = "0005_scan_index"
+revision = "0007_notification_outbox"
+down_revision = "0006_legacy_coexistence"
 branch_labels = None
 depends_on = None
 
@@ -23,8 +22,8 @@ def upgrade():
         sa.Column("severity", sa.String(16), nullable=False),
         sa.Column("subject", sa.String(200), nullable=False),
         sa.Column("payload", sa.JSON(), nullable=False),
-        sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
-        sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column("status", sa.String(16), nullable=False, server_default=sa.text("'pending'")),
+        sa.Column("attempts", sa.Integer(), nullable=False, server_default=sa.text("0")),
         sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
         sa.Column("held_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("lease_owner", sa.String(120), nullable=True),
