@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bench.env import load_average, machine_description
-from bench.soak_report import checks, database_checks, log_profile, render, request_totals
+from bench.soak_report import checks, database_checks, latency_checks, log_profile, render, request_totals
 from bench.soak_stack import AppSettings, SoakStack
 from bench.soak_traffic import ACTIONS, Recorder, Target, parse_mix, start_clients, summarise
 from utils.time import utcnow
@@ -183,6 +183,7 @@ class Soak:
             "fault": self.fault_log,
             "requests": request_totals(outcomes),
             "requests_by_phase": summarise(outcomes, phases),
+            "latency": latency_checks(outcomes, (a.outage_at, a.outage_at + a.outage) if a.outage else None),
             "database": database,
             "worker_rss_kib": {"start": rss_start, "end": rss_end, "start_total": sum(v or 0 for v in rss_start.values()),
                                "end_total": sum(v or 0 for v in rss_end.values()),

@@ -101,9 +101,25 @@ def _mib(kib: Optional[float]) -> str:
     return "?" if kib is None else f"{kib / 1024:.0f} MiB"
 
 
+def _slowest(outcomes: list[Outcome], actions: set[str], start: float = 0.0, end: float = 1e12) -> Optional[float]:
+    found = [o.seconds for o in outcomes if o.action in actions and start <= o.at < end]
+    return round(max(found), 2) if found else None
+
+
+def latency_checks(outcomes: list[Outcome], outage: Optional[tuple[float, float]]) -> dict[str, Any]:
+    """The issue's bounds: /health within 1 s always; API answers within a few seconds in the outage."""
+    api = {"ingest", "detect", "alerts", "models"}
+    return {
+        "slowest_health_probe_s": _slowest(outcomes, {"probe_health"}),
+        "health_probes_failed": sum(1 for o in outcomes if o.action == "probe_health" and o.status != "200"),
+        "slowest_ready_probe_s": _slowest(outcomes, {"probe_ready"}),
+        "slowest_api_in_outage_s": _slowest(outcomes, api, *outage) if outage else None,
+    }
+
+
 def checks(report: dict[str, Any]) -> list[Check]:
     """The issue's targets: 0, 0, 0, flat RSS, flat connections, bounded log bytes."""
-    requests_ = report["requests"]
+    requests_, lat = report["requests"], report["latency"]
     db = report["database"]
     rss, conns, logs = report["worker_rss_kib"], report["db_connections"], report["log"]
     rss_start, rss_end = rss["start_total"], rss["end_total"]
@@ -123,7 +139,16 @@ def checks(report: dict[str, Any]) -> list[Check]:
               f"{logs['bytes_per_minute_outage']:,.0f}, after {logs['bytes_per_minute_after']:,.0f}, "
               f"peak {peak:,.0f} (at {logs['peak_at']:.0f}s)", "peak rate <= 2x before", log_ok),
         Check("requests timed out (client 30 s)", str(requests_["timeouts"]), "0", requests_["timeouts"] == 0),
+        _bound("slowest /health probe", lat["slowest_health_probe_s"], 1.0,
+               f", {lat['health_probes_failed']} not 200"),
+        _bound("slowest /ready probe", lat["slowest_ready_probe_s"], 5.0),
+        _bound("slowest API answer in the outage", lat["slowest_api_in_outage_s"], 5.0),
     ]
+
+
+def _bound(name: str, seconds: Optional[float], limit: float, extra: str = "") -> Check:
+    value = "not measured" if seconds is None else f"{seconds:.2f} s{extra}"
+    return Check(name, value, f"<= {limit:g} s", None if seconds is None else seconds <= limit)
 
 
 def request_totals(outcomes: list[Outcome]) -> dict[str, Any]:

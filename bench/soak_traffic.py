@@ -112,12 +112,12 @@ class Client:
         self.signed_in = False
 
     def _request(self, action: str, method: str, path: str, session: Optional[requests.Session] = None,
-                 **kwargs: Any) -> Optional[requests.Response]:
+                 timeout_s: Optional[float] = None, **kwargs: Any) -> Optional[requests.Response]:
         session = session or self.http
         at = self.recorder.now()
         started = time.monotonic()
         try:
-            response = session.request(method, self.target.base + path, timeout=self.target.timeout,
+            response = session.request(method, self.target.base + path, timeout=timeout_s or self.target.timeout,
                                        allow_redirects=False, **kwargs)
             status: str = str(response.status_code)
         except requests.Timeout:
@@ -184,6 +184,17 @@ class Client:
             stop.wait(self.think)
 
 
+class Prober(Client):
+    """A liveness/readiness prober beside the clients, as an orchestrator runs one: ``/health`` and
+    ``/ready`` once a second with a 5 s timeout, whatever the clients are stuck in."""
+
+    PROBE_TIMEOUT = 5.0
+
+    def step(self) -> None:
+        self._request("probe_health", "GET", "/health", session=self.browser, timeout_s=self.PROBE_TIMEOUT)
+        self._request("probe_ready", "GET", "/ready", session=self.browser, timeout_s=self.PROBE_TIMEOUT)
+
+
 def parse_mix(text: str) -> tuple[tuple[str, int], ...]:
     """``"ingest=30,dashboard=50"``: weights for some actions, the others keep theirs (0 drops one)."""
     weights = dict(ACTIONS)
@@ -205,6 +216,9 @@ def start_clients(count: int, target: Target, recorder: Recorder, think: float, 
         thread = threading.Thread(target=client.run, args=(stop,), name=f"soak-client-{number}", daemon=True)
         thread.start()
         threads.append(thread)
+    prober = Prober(count, target, recorder, think=1.0, seed=0)
+    threads.append(threading.Thread(target=prober.run, args=(stop,), name="soak-prober", daemon=True))
+    threads[-1].start()
     return threads
 
 
