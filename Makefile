@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench soak clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,12 @@ test: setup
 ## Benchmarks: prints a table, writes bench/results/latest.json.
 bench: setup
 	$(BIN)/python -m bench
+
+## Soak: 2 min of mixed traffic against gunicorn (2 workers, scheduler on) on a private PostgreSQL
+## that is stopped for 30 s in the middle; prints a table, writes bench/results/soak-latest.json.
+## Options: make soak SOAK_ARGS="--duration 300 --outage 60 --fault freeze"
+soak: setup
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
