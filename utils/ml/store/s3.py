@@ -30,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterator, Optional
+from urllib.parse import urlsplit, urlunsplit
 
 from utils.ml.store.base import (
     STORE_SCHEMES,
@@ -122,6 +123,33 @@ class S3ModelStore(ModelStore):
     def locate(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._object_key(key)}"
 
+    def key_for(self, path: str | Path) -> str:
+        """The key of ``s3://bucket/prefix/key`` (what :meth:`locate` gives); ValueError if not in this store."""
+        base = f"s3://{self.bucket}/{self.prefix}/" if self.prefix else f"s3://{self.bucket}/"
+        text = str(path)
+        if not text.startswith(base) or len(text) == len(base):
+            raise ValueError(f"{text!r} is not an object of {base}")
+        key = text[len(base):]
+        self._object_key(key)
+        return key
+
+    def location_info(self, key: Optional[str] = None) -> dict[str, Any]:
+        """Backend, bucket, prefix, endpoint and region, and the object's key and URL: never credentials."""
+        endpoint = self.client.meta.endpoint_url
+        parsed = urlsplit(endpoint)
+        if parsed.username or parsed.password:  # never echo userinfo someone put into AWS_ENDPOINT_URL
+            endpoint = urlunsplit(parsed._replace(netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")))
+        info: dict[str, Any] = {"backend": "s3", "bucket": self.bucket, "prefix": self.prefix,
+                                "endpoint": endpoint, "region": self.client.meta.region_name,
+                                "cache_dir": str(self.cache.root)}
+        if key is not None:
+            info["key"] = key
+            try:
+                info.update(object_key=self._object_key(key), url=self.locate(key))
+            except UnsafePathError:  # a legacy row's absolute path: not an object of this store
+                pass
+        return info
+
     # -- calls -----------------------------------------------------------------
     def _call(self, what: str, key: Optional[str], fn: Callable[[], Any], attempts: Optional[int] = None) -> Any:
         """Run one S3 call with bounded retries; raise the store's errors (FileNotFoundError for a missing object)."""
@@ -137,13 +165,14 @@ class S3ModelStore(ModelStore):
             return None
 
     # -- writing -----------------------------------------------------------------
-    def _put(self, key: str, data: bytes, conditional: bool, metadata: dict[str, str]) -> dict[str, Any]:
+    def _put(self, key: str, data: bytes, conditional: bool, metadata: dict[str, str],
+             attempts: Optional[int] = None) -> dict[str, Any]:
         extra = {"IfNoneMatch": "*"} if conditional else {}
         return self._call("publish", key, lambda: self.client.put_object(
             Bucket=self.bucket, Key=self._object_key(key), Body=data, ContentType="application/octet-stream",
             ContentMD5=base64.b64encode(hashlib.md5(data).digest()).decode(),
             ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode(),
-            Metadata=metadata, **extra))
+            Metadata=metadata, **extra), attempts)
 
     def conditional_writes(self) -> bool:
         """Whether the server refuses ``If-None-Match: *`` on an existing key (probed once, then remembered)."""
@@ -305,13 +334,15 @@ class S3ModelStore(ModelStore):
 
     # -- health ------------------------------------------------------------------
     def check_writable(self) -> None:
-        """A real write and delete of a tiny probe object, within the retry and timeout bounds."""
+        """A real write and delete of a tiny probe object: one attempt each (a readiness probe must
+        answer within its timeout; the next probe is the retry), within the connect/read timeouts."""
         probe = f"{TEMP_PREFIX}probe-{secrets.token_hex(8)}"
         try:
-            self._put(probe, b"probe", False, {})
+            self._put(probe, b"probe", False, {}, attempts=1)
         except NameTaken:  # pragma: no cover - an unconditional PUT is never refused as taken
             pass
-        self.delete(probe)
+        self._call("delete", probe, lambda: self.client.delete_object(
+            Bucket=self.bucket, Key=self._object_key(probe)), attempts=1)
 
     def disk_usage(self) -> dict[str, float]:
         """Figures of the disk holding the local cache (as the local store gives them), plus the
