@@ -18,16 +18,8 @@ from sqlalchemy import insert, select
 from tests import dbutil
 from tests.ml_helpers import make_model, scores
 from tests.procutil import ROOT, base_env, start, stop_group, wait_until
-from tests.s3_helpers import (  # noqa: F401  (fixtures)
-    aws,
-    bucket,
-    cache_files,
-    model_objects,
-    no_ambient_aws,
-    s3_app,
-    server,
-    top_level_models,
-)
+from tests.s3_helpers import aws, bucket, no_ambient_aws, server  # noqa: F401  (fixtures)
+from tests.s3_helpers import cache_files, model_objects, s3_app, top_level_models
 from tests.s3server import running_server
 from utils.extensions import db
 from utils.ml.model_manager import get_model_manager

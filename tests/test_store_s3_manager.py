@@ -17,16 +17,8 @@ from tests import dbutil
 from tests.ml_helpers import booby_pickle, make_model, scores
 from tests.pipeline_helpers import small_hotel
 from tests.procutil import ROOT, base_env, start, stop_group, wait_until
-from tests.s3_helpers import (  # noqa: F401  (fixtures)
-    aws,
-    bucket,
-    cache_files,
-    model_objects,
-    no_ambient_aws,
-    s3_app,
-    server,
-    top_level_models,
-)
+from tests.s3_helpers import aws, bucket, no_ambient_aws, server  # noqa: F401  (fixtures)
+from tests.s3_helpers import cache_files, model_objects, s3_app, top_level_models
 from utils.extensions import db
 from utils.ml.anomaly_detector import AnomalyDetector
 from utils.ml.model_manager import ModelManager, ModelManagerError, get_model_manager

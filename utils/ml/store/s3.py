@@ -29,7 +29,7 @@ import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterator, Optional
+from typing import Any, Callable, Hashable, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 from utils.ml.store.base import (
@@ -37,11 +37,11 @@ from utils.ml.store.base import (
     ModelStore,
     ModelStoreError,
     ModelTooLargeError,
-    StoredFile,
     UnsafePathError,
 )
-from utils.ml.store.local import MODEL_SUFFIXES, TEMP_PREFIX, LocalModelStore
+from utils.ml.store.local import TEMP_PREFIX, LocalModelStore
 from utils.ml.store.s3_cache import RateLimitedLog, VerifiedDiskCache
+from utils.ml.store.s3_listing import UPLOAD_SEPARATOR, S3Listing
 from utils.ml.store.s3_client import (  # noqa: F401 - the errors are part of this module's API
     ChecksumMismatchError,
     NameTaken,
@@ -57,11 +57,10 @@ from utils.ml.store.s3_client import (  # noqa: F401 - the errors are part of th
 logger = logging.getLogger(__name__)
 
 MARKER_NAME = ".active-generation"  # the same name as the local store's activation marker
-UPLOAD_SEPARATOR = "?uploadId="  # temp-file keys of unfinished multipart uploads: "<key>?uploadId=<id>"
 DEFAULT_CACHE_MAX_BYTES = 256 * 1024 * 1024
 
 
-class S3ModelStore(ModelStore):
+class S3ModelStore(S3Listing, ModelStore):
     """Model objects under ``s3://bucket/prefix``, read through a verified, bounded local cache."""
 
     def __init__(
@@ -231,21 +230,6 @@ class S3ModelStore(ModelStore):
         self._call("delete", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=self._object_key(key)))
         return int(head.get("ContentLength") or 0)
 
-    def _abort_upload(self, key: str) -> int:
-        name, upload_id = key.split(UPLOAD_SEPARATOR, 1)
-        full = self._object_key(name)
-        try:
-            parts = self._call("list parts of", name, lambda: self.client.list_parts(
-                Bucket=self.bucket, Key=full, UploadId=upload_id)).get("Parts", [])
-        except (FileNotFoundError, ModelStoreError):
-            parts = []
-        try:
-            self._call("abort upload of", name, lambda: self.client.abort_multipart_upload(
-                Bucket=self.bucket, Key=full, UploadId=upload_id))
-        except FileNotFoundError:  # NoSuchUpload answers 404: already gone
-            return 0
-        return sum(int(part.get("Size") or 0) for part in parts)
-
     # -- reading -----------------------------------------------------------------
     def read(self, key: str, max_bytes: int, *, expected_sha256: Optional[str] = None) -> bytes:
         """Bytes of ``key``: the cached copy while it matches ``expected_sha256``, else a download.
@@ -292,45 +276,6 @@ class S3ModelStore(ModelStore):
         except UnsafePathError:
             return None
         return None if head is None else int(head.get("ContentLength") or 0)
-
-    # -- listing -----------------------------------------------------------------
-    def _pages(self, operation: str) -> Iterator[dict[str, Any]]:
-        """Every page of a listing under the prefix (top level only, like the local store).
-
-        Paginated by hand so that a retried call asks again for the same page
-        (a paginator that raised once would end the listing silently).
-        """
-        method = getattr(self.client, operation)
-        base = f"{self.prefix}/" if self.prefix else ""
-        markers: dict[str, str] = {}
-        while True:
-            size_arg = {"MaxKeys": self.page_size} if operation == "list_objects_v2" else {"MaxUploads": self.page_size}
-            page = self._call("list", None, lambda: method(Bucket=self.bucket, Prefix=base, Delimiter="/",
-                                                           **size_arg, **markers))
-            yield page
-            if not page.get("IsTruncated"):
-                return
-            if operation == "list_objects_v2":
-                markers = {"ContinuationToken": page["NextContinuationToken"]}
-            else:
-                markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
-
-    def _objects(self) -> Iterator[StoredFile]:
-        for page in self._pages("list_objects_v2"):
-            for item in page.get("Contents", []):
-                name = self._relative(item["Key"])
-                yield StoredFile(name, int(item["Size"]), item["LastModified"].timestamp())
-
-    def iter_files(self) -> Iterator[StoredFile]:
-        return (f for f in self._objects() if f.key.endswith(MODEL_SUFFIXES) and not f.key.startswith(TEMP_PREFIX))
-
-    def iter_temp_files(self) -> Iterator[StoredFile]:
-        """Probe objects left by a killed writer, and unfinished multipart uploads (``<key>?uploadId=<id>``)."""
-        yield from (f for f in self._objects() if f.key.startswith(TEMP_PREFIX))
-        for page in self._pages("list_multipart_uploads"):
-            for upload in page.get("Uploads", []):
-                name = self._relative(upload["Key"])
-                yield StoredFile(f"{name}{UPLOAD_SEPARATOR}{upload['UploadId']}", 0, upload["Initiated"].timestamp())
 
     # -- health ------------------------------------------------------------------
     def check_writable(self) -> None:
