@@ -210,12 +210,14 @@ def test_a_copy_cut_short_by_a_killed_s3_server_is_finished_by_running_it_again(
             stop_group(first)
         output = log.read_text()
         failed = [line for line in output.splitlines() if line.startswith("❌")]
-        assert 1 <= len(failed) <= 5, output  # some copied, the rest failed, one line each
+        # One line per object that did not finish (an object whose PUT landed just before the kill
+        # counts too: its read-back in the target did not happen).
+        assert len(failed) >= 1, output
         assert all("failed after" in line or "S3" in line for line in failed), output
         assert "object(s) failed; fix the lines above and run the command again" in output
 
         srv.start()  # same data directory, same port
-        assert 1 <= len(copied()) <= 5
+        assert 1 <= len(copied()) <= 5  # midway: some objects landed, some did not
         log = tmp_path / "second.log"
         second = start(command, env, log)
         try:
