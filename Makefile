@@ -23,7 +23,9 @@ test: setup
 	bash scripts/test.sh
 
 ## Benchmarks: prints a table, writes bench/results/latest.json.
+## The peers (MLflow, skops) are bench-only: installed here, with the runtime pins held.
 bench: setup
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -r requirements-bench.txt
 	$(BIN)/python -m bench
 
 ## Soak: 2 min of mixed traffic against gunicorn (2 workers, scheduler on) on a private PostgreSQL

@@ -10,13 +10,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import concurrency, disk, load, memory, scan
+from bench import concurrency, disk, load, memory, peers, scan
 from bench.env import BenchEnv, load_average, machine_description
 from bench.targets import evaluate, render_loads, render_table, verdict
 from utils.time import utcnow
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SECTIONS = ("load", "concurrency", "memory", "scan", "disk")
+SECTIONS = ("load", "concurrency", "memory", "scan", "disk", "peers")
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             sections["memory"] = section("memory", lambda: memory.run(env, sizes, store))
             sections["scan"] = section("scan", lambda: scan.run(env, sizes))
             sections["disk"] = section("disk", lambda: disk.run(env, sizes, load_data))
+            sections["peers"] = section("peers", lambda: peers.run(env, sizes, load_data))
     finally:
         env.close()
 
@@ -118,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print(render_loads(sections.get("load", {})))
     print()
+    if sections.get("peers", {}).get("status") == "ok":
+        print(f"Same model, other stores and formats (S3: {sections['peers']['s3_server']}):")
+        print(render_loads(sections["peers"]))
+        print()
     print(render_table(targets))
     print()
     summary = {v: sum(1 for t in targets if verdict(t) == v) for v in ("pass", "MISS", "n/a")}

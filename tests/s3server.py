@@ -60,6 +60,12 @@ class S3Server:
         assert self.proc is not None, "server not started"
         return self.proc.pid
 
+    def env(self, **overrides: str) -> dict[str, str]:
+        """The standard AWS_* variables a process of ours needs to use this server."""
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                "AWS_ENDPOINT_URL": self.endpoint, "AWS_DEFAULT_REGION": REGION,
+                "AWS_EC2_METADATA_DISABLED": "true", **overrides}
+
     def client(self, secret_key: Optional[str] = None, timeout: float = 5.0):
         """A boto3 client signed with this server's (or the given) secret; no retries."""
         return boto3.session.Session(

@@ -129,6 +129,8 @@ def test_detail_has_checksum_size_storage_versions_metrics_and_audit(app, client
     assert body["storage_location"] == {
         "backend": "file", "models_dir": str(models_dir), "key": path.name, "path": str(path),
         "file_exists": True, "file_size_bytes": len(data), "has_blob": False,
+        "store": {"backend": "local", "key": path.name, "models_dir": str(models_dir), "bucket": None, "prefix": None,
+                  "object_key": None, "url": None, "endpoint": None, "region": None, "cache_dir": None},
     }
     assert body["metrics"] == {"accuracy": pytest.approx(0.6), "precision": None, "recall": None}
     assert body["parameters"] == {"seed": 1}

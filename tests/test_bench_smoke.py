@@ -23,6 +23,8 @@ LOAD_VARIANTS = {
     "joblib_load_compressed", "ours_cold", "ours_cold_gzip_file", "ours_blob_fallback",
     "floor_read_sha256_unpickle", "floor_with_db_lookup", "floor_pickle_protocol5", "ours_warm",
 }
+PEER_VARIANTS = {"ours_local_cold", "ours_s3_cold", "ours_s3_disk_cache", "mlflow_registry",
+                 "mlflow_registry_cloudpickle", "skops_load"}
 MEMORY_VARIANTS = {"legacy_scan", "legacy_scan_active_rows", "ours_scan", "legacy_list", "ours_list"}
 TARGET_IDS = {"cold_vs_floor", "cold_vs_legacy", "warm_load", "threads_cache_off", "scan_memory",
               "list_memory", "scan_throughput"}
@@ -78,6 +80,15 @@ def test_quick_bench_reports_every_section_and_drops_its_database(pg_available, 
     assert disk["store_at_keep_versions"]["plain"]["files"] == min(
         report["sizes"]["store_models"], disk["keep_versions"] * disk["metric_types"])
     assert disk["per_model"]["pickle_gzip6_bytes"] < disk["per_model"]["pickle_bytes"]
+
+    # The peers need the bench-only requirements (make bench installs them; make test does not).
+    peers = report["peers"]
+    assert peers["status"] in ("ok", "not_run"), peers
+    if peers["status"] == "ok":
+        assert set(peers["variants"]) == PEER_VARIANTS
+        assert {s["n"] for s in peers["variants"].values()} == {report["sizes"]["load_repetitions"]}
+    else:
+        assert "requirements-bench.txt" in peers["reason"]
 
     targets = {t["id"]: t for t in report["targets"]}
     assert set(targets) == TARGET_IDS

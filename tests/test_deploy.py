@@ -239,6 +239,56 @@ def test_compose_services_meet_the_deploy_requirements(rendered):
     assert int(app["environment"]["GUNICORN_WORKERS"]) >= 2
 
 
+S3_ENV = {"ML_STORE_URL": "s3://minibar-models/models", "AWS_ENDPOINT_URL": "http://minio:9000",
+          "AWS_ACCESS_KEY_ID": "minibar-app", "AWS_SECRET_ACCESS_KEY": "s3-secret-5e1f"}
+
+
+def named_volumes(service: dict) -> set[str]:
+    return {v["source"] for v in service.get("volumes", []) if v["type"] == "volume"}
+
+
+def test_compose_s3_profile_runs_a_second_host_that_shares_no_model_volume(tmp_path, rendered):
+    assert not {"minio", "minio-init", "app-host2"} & set(rendered["services"])  # off by default
+    result = compose(["--profile", "s3", "config", "--format", "json"], tmp_path, **REQUIRED_ENV, **S3_ENV)
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    services, volumes = config["services"], config["volumes"]
+    app, host2, minio, init = services["app"], services["app-host2"], services["minio"], services["minio-init"]
+
+    # Two app services, two hosts: no model volume in common; each has its own cache at ML_MODELS_DIR.
+    assert named_volumes(app) & named_volumes(host2) == set()
+    assert named_volumes(host2) == {"ml_cache_host2"} and "ml_cache_host2" in volumes
+    assert [(v["source"], v["target"]) for v in host2["volumes"]] == [("ml_cache_host2", "/app/ml_models")]
+    assert not any(v["type"] == "bind" for v in host2["volumes"])
+    # Both use the bucket, with the same credentials and endpoint; and the same database.
+    for name in ("app", "scheduler", "app-host2"):
+        env = services[name]["environment"]
+        assert {k: env[k] for k in S3_ENV} == S3_ENV, name
+        assert env["ML_MODELS_DIR"] == "/app/ml_models"
+        assert env["DATABASE_URL"] == app["environment"]["DATABASE_URL"]
+    assert host2["image"] == app["image"] and host2["environment"]["ML_SCHEDULER_ENABLED"] == "false"
+    assert [p["target"] for p in host2["ports"]] == [5000]
+    assert host2["ports"][0]["published"] != app["ports"][0]["published"]
+
+    # The object store keeps its data on its own volume; a one-shot creates the bucket first.
+    assert named_volumes(minio) == {"minio_data"} and not named_volumes(minio) & named_volumes(app)
+    assert minio["environment"]["MINIO_ROOT_USER"] == S3_ENV["AWS_ACCESS_KEY_ID"]
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy" and init["restart"] == "no"
+    assert "mc mb --ignore-existing" in " ".join(init["command"])
+    assert host2["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+
+
+def test_compose_s3_profile_without_a_store_url_makes_the_second_host_refuse_to_start(tmp_path):
+    result = compose(["--profile", "s3", "config", "--format", "json"], tmp_path, **REQUIRED_ENV)
+    assert result.returncode == 0, result.stderr
+    env = json.loads(result.stdout)["services"]["app-host2"]["environment"]
+    assert env["ML_STORE_URL"] == "s3://"
+    check = subprocess.run([sys.executable, "-m", "utils.settings"], cwd=ROOT, capture_output=True, text=True,
+                           env=process_env({"ML_STORE_URL": env["ML_STORE_URL"]}, tmp_path), timeout=60)
+    assert check.returncode == 2
+    assert check.stderr.startswith("config error: ML_STORE_URL='s3://': bucket '' must be")
+
+
 # ------------------------------------------------------------------ Dockerfile
 def hadolint(dockerfile: Path, tmp_path: Path, *extra: str) -> list[dict]:
     """Findings of the real hadolint at every severity, ignoring any config lying around."""

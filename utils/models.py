@@ -228,7 +228,7 @@ class MLAlert(db.Model):
     # alert must keep saying which model raised it.
     model_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True, index=True)
     observation_id: Mapped[Optional[int]] = mapped_column(
-        Integer, ForeignKey("ml_metrics.id", ondelete="CASCADE"), nullable=True
+        Integer, ForeignKey("ml_metrics.id", ondelete="SET NULL"), nullable=True
     )
     read_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), nullable=True)
     false_positive_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), nullable=True)

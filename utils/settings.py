@@ -121,6 +121,17 @@ def _database_url(name: str, raw: str) -> str:
     return url
 
 
+def _store_url(name: str, raw: str) -> str:
+    """``s3://bucket/prefix`` (the rules live with the S3 store, in a module that does not import boto3)."""
+    from utils.ml.store.s3_url import s3_url_problem
+
+    url = raw.strip()
+    problem = s3_url_problem(url)
+    if problem:
+        raise ConfigError(name, raw, problem)
+    return url
+
+
 # -------------------------------------------------------------------- table
 @dataclass(frozen=True)
 class Derived:
@@ -170,6 +181,10 @@ SETTINGS: tuple[Setting, ...] = (
     # A save may be between its rename and its commit: younger orphans are left alone.
     Setting("ML_ORPHAN_GRACE_SECONDS", _float(), 3600.0, "files with no row younger than this survive cleanup"),
     Setting("ML_DISK_WARN_PERCENT", _float(0.0, 100.0), 90.0, "disk usage that logs disk_space_low"),
+    # Several hosts: model bytes in one bucket, ML_MODELS_DIR becomes each host's bounded cache of it.
+    Setting("ML_STORE_URL", _store_url, None,
+            "s3://bucket/prefix on any S3-compatible server (credentials from AWS_*); unset: ML_MODELS_DIR"),
+    Setting("ML_S3_CACHE_MB", _float(0.0), 256.0, "size bound of the local cache of S3 models (0: no disk cache)"),
     # Jobs and the scheduler.
     Setting("ML_SCAN_INTERVAL_SECONDS", _float(1.0), 3600.0, "anomaly_scan interval"),
     Setting("ML_TRAIN_INTERVAL_SECONDS", _float(1.0), 86400.0, "train_models interval"),
@@ -183,6 +198,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ML_CONTAMINATION", _float(0.0001, 0.5), 0.02, "expected share of anomalies (sets the threshold)"),
     Setting("ML_N_ESTIMATORS", _int(10), 200, "trees per Isolation Forest"),
     Setting("ML_SCAN_BATCH_SIZE", _int(100), 20000, "observations scored per scan transaction"),
+    # Retention (the cleanup job; flask ml retention --dry-run counts); 0 keeps everything.
+    # See README "Retention" for why these defaults; the rules against the
+    # training window are checked in _check_together.
+    Setting("ML_OBSERVATION_RETENTION_DAYS", _int(0),
+            Derived(lambda v: max(180, v.get("ML_TRAIN_WINDOW_DAYS", 60) + 28), "180 (or ML_TRAIN_WINDOW_DAYS + 28)"),
+            "ml_metrics rows older than this are deleted (0: never); at least ML_TRAIN_WINDOW_DAYS + 28"),
+    Setting("ML_ALERT_RETENTION_DAYS", _int(0),
+            Derived(lambda v: max(365, v.get("ML_TRAIN_WINDOW_DAYS", 60)), "365 (or ML_TRAIN_WINDOW_DAYS)"),
+            "our closed alerts (read, false positive or resolved) older than this are deleted (0: never)"),
+    Setting("ML_JOB_RUN_RETENTION_DAYS", _int(0), 90, "finished ml_job_runs rows older than this are deleted (0: never)"),
+    Setting("ML_RETENTION_BATCH_SIZE", _int(100, 100000), 5000, "rows per DELETE statement (one short transaction each)"),
     # Migrations on a database the hotel app uses: give up waiting for a table
     # lock rather than stall its writes; the entrypoint's retry resumes.
     Setting("ML_MIGRATION_LOCK_TIMEOUT_SECONDS", _float(0.1), 10.0,
@@ -233,6 +259,24 @@ def _load(settings: Iterable[Setting], environ: Mapping[str, str], given: Collec
     return values
 
 
+# Observations must outlive the training window by four whole weeks: the
+# oldest observation of a window still has weeks of history before it (what a
+# time-of-week baseline needs).  Closed alerts carry the false-positive labels
+# training reads over its window.
+_RETENTION_MARGIN_DAYS = {"ML_OBSERVATION_RETENTION_DAYS": 28, "ML_ALERT_RETENTION_DAYS": 0}
+
+
+def _check_together(values: Mapping[str, Any], environ: Mapping[str, str]) -> None:
+    """Rules between settings (each read from ``environ``); raises :class:`ConfigError`."""
+    window = values.get("ML_TRAIN_WINDOW_DAYS", default_of("ML_TRAIN_WINDOW_DAYS"))
+    for key, margin in _RETENTION_MARGIN_DAYS.items():
+        days = values.get(key)
+        if days and days < window + margin:
+            raise ConfigError(key, environ.get(key, str(days)),
+                              f"must be 0 (keep everything) or at least ML_TRAIN_WINDOW_DAYS"
+                              f"{f' + {margin}' if margin else ''} ({window + margin})")
+
+
 def load_settings(environ: Mapping[str, str], *, given: Collection[str] = ()) -> dict[str, Any]:
     """The app's configuration from ``environ``: every app setting by its config key, plus :data:`FIXED`.
 
@@ -242,6 +286,7 @@ def load_settings(environ: Mapping[str, str], *, given: Collection[str] = ()) ->
     """
     values = dict(FIXED)
     values.update(_load((s for s in SETTINGS if s.scope == "app"), environ, given))
+    _check_together(values, environ)
     return values
 
 

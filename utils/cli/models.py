@@ -17,6 +17,7 @@ import click
 from flask import current_app
 
 from utils.cli import CLI_ACTOR, cell, dump_json, fail, format_table, ml_cli
+from utils.cli.stores import retention_lines
 from utils.extensions import db
 from utils.ml.jobs import TRIGGER_CLI, JobError, run_job_now
 from utils.ml.model_manager import ModelManager, get_model_manager
@@ -96,6 +97,8 @@ def cleanup_command(keep: Optional[int]) -> None:
     disk = result.get("disk") or {}
     if disk:
         click.echo(f"💽 Disk: {disk['used_gb']} of {disk['total_gb']} GB used ({disk['percent']}%)")
+    for line in retention_lines(result.get("retention")):
+        click.echo(line)
     for error in result["errors"]:
         click.echo(f"❌ {error}", err=True)
     if failure is not None:

@@ -30,10 +30,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from utils.ml import events
-from utils.ml.store import ModelManagerError, ModelStore, ModelTooLargeError, ModelValidationError, open_store
+from utils.ml.store import (ModelManagerError, ModelStore, ModelStoreError, ModelTooLargeError,
+                            ModelValidationError, open_store)
 from utils.ml.store import legacy, registry, retention
 from utils.ml.store.cache import ModelCache
 from utils.ml.store.integrity import LoadOutcome, finish_load, read_verified, serialize, verify_file
+from utils.ml.store.setup import store_location
 from utils.ml.validation import check_name, check_score
 from utils.models import MLModel
 from utils.settings import current
@@ -53,6 +55,8 @@ _OPTIONS = {
     "orphan_grace_seconds": "ML_ORPHAN_GRACE_SECONDS",
     "compress": "ML_COMPRESS_MODELS",
     "disk_warn_percent": "ML_DISK_WARN_PERCENT",
+    "store_url": "ML_STORE_URL",  # s3://bucket/prefix: models_dir is then the local cache
+    "s3_cache_mb": "ML_S3_CACHE_MB",
     "create_directory": None,  # not a setting: False only for dry runs
 }
 
@@ -63,7 +67,9 @@ class ModelManager:
     def __init__(self, db: Any, models_dir: Optional[str] = None, **options: Any) -> None:
         """``options`` override the app config (outside an app: the settings' defaults):
         max_model_mb, retry_delays, cache_size, cache_ttl, orphan_grace_seconds, compress,
-        disk_warn_percent, create_directory (False: never create the models directory, for dry runs)."""
+        disk_warn_percent, store_url and s3_cache_mb (``ML_STORE_URL``: the models live in that bucket
+        and ``models_dir`` is the bounded local cache), create_directory (False: never create the
+        models directory, for dry runs)."""
         self.db = db
         unknown = set(options) - set(_OPTIONS)
         if unknown:
@@ -81,7 +87,8 @@ class ModelManager:
         self.disk_warn_percent = float(settings["disk_warn_percent"])
         self.logger = logger
         self.create_directory = bool(settings["create_directory"])
-        self.store: ModelStore = open_store(str(models_dir), create=self.create_directory)
+        location, store_options = store_location(str(models_dir), settings["store_url"], settings["s3_cache_mb"])
+        self.store: ModelStore = open_store(location, create=self.create_directory, **store_options)
         self.models_dir: Optional[Path] = self.store.local_root
         self._cache = ModelCache(self.cache_size, self.cache_ttl)
         self._ensure_directory_exists()
@@ -125,7 +132,7 @@ class ModelManager:
         self._cache.clear()
         try:
             self.store.signal_change()
-        except OSError as exc:
+        except (OSError, ModelStoreError) as exc:
             # Other processes still notice within ML_CACHE_TTL_SECONDS.
             logger.warning("could not signal an activation through the model store: %s", exc)
 

@@ -8,6 +8,7 @@ from sqlalchemy import text
 
 from utils.extensions import db
 from utils.ml.store import ModelStoreError, open_store
+from utils.ml.store.setup import store_readiness
 
 bp = Blueprint("health", __name__)
 
@@ -34,12 +35,16 @@ def readiness_checks() -> dict[str, dict]:
         checks["models_dir"] = {"ok": True, "path": current_app.config["ML_MODELS_DIR"]}
     except (OSError, ModelStoreError, ValueError) as exc:
         checks["models_dir"] = {"ok": False, "error": str(exc), "path": current_app.config["ML_MODELS_DIR"]}
+    store = store_readiness(current_app)  # ML_STORE_URL only: a probe object, its answer kept a few seconds
+    if store is not None:
+        checks["model_store"] = store
     return checks
 
 
 @bp.get("/ready")
 def ready():
-    """200 when the database answers and the models directory is writable, else 503."""
+    """200 when the database answers, the models directory is writable and (ML_STORE_URL) the
+    bucket takes a write, else 503 naming the failed checks."""
     checks = readiness_checks()
     failed = [name for name, check in checks.items() if not check["ok"]]
     body = {"status": "ready" if not failed else "not ready", "checks": checks}

@@ -58,8 +58,13 @@ def _train_models(actor: str, **params: Any) -> Any:
 def _cleanup_models(actor: str, keep_versions: Optional[int] = None) -> dict[str, Any]:
     from utils.ml.model_manager import get_model_manager
 
+    from utils.extensions import db
+    from utils.ml.pipeline.retention import RetentionPolicy, run_retention
+
     keep = keep_versions if keep_versions is not None else int(current_app.config["ML_KEEP_VERSIONS"])
     result = get_model_manager().cleanup_old_models(keep)
+    # Old observations, our closed alerts and finished job runs, in small batches.
+    result["retention"] = run_retention(db.engine, RetentionPolicy.from_config(current_app.config))
     if result.get("errors"):
         # Rows are gone but some files were not: that is not a success an
         # operator should stop worrying about.
@@ -81,7 +86,7 @@ JOBS: dict[str, Job] = {
         Job("anomaly_scan", _anomaly_scan, "ML_SCAN_INTERVAL_SECONDS", "score new observations, record alerts"),
         Job("train_models", _train_models, "ML_TRAIN_INTERVAL_SECONDS", "train one model per metric type"),
         Job("cleanup_models", _cleanup_models, "ML_CLEANUP_INTERVAL_SECONDS",
-            "keep ML_KEEP_VERSIONS versions per type, remove orphans"),
+            "keep ML_KEEP_VERSIONS versions per type, remove orphans; retention of old rows"),
     )
 }
 

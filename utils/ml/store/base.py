@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Hashable, Iterator, Optional
+from typing import Any, Callable, Hashable, Iterator, Optional
 
 from utils.ml.validation import InvalidInput
 
@@ -29,6 +29,10 @@ class UnsafePathError(ModelStoreError):
 
 class ModelTooLargeError(ModelStoreError):
     """A model exceeds the configured maximum size."""
+
+
+class ChecksumMismatchError(ModelStoreError):
+    """Bytes a store holds do not match the SHA-256 the caller expects: refused, not cached, never unpickled."""
 
 
 class ModelManagerError(Exception):
@@ -58,9 +62,9 @@ class ModelStore(ABC):
     """Contract of a model artifact store."""
 
     @classmethod
-    def from_url(cls, url: str, create: bool = True) -> "ModelStore":
-        """The store at ``url`` (what ``ML_MODELS_DIR`` says); ``create=False`` creates nothing (dry runs)."""
-        return cls(url, create=create)  # type: ignore[call-arg]
+    def from_url(cls, url: str, create: bool = True, **options: Any) -> "ModelStore":
+        """The store at ``url``; ``create=False`` creates nothing (dry runs); ``options`` are the backend's."""
+        return cls(url, create=create, **options)  # type: ignore[call-arg]
 
     @abstractmethod
     def write_new(self, name_factory: Callable[[], str], data: bytes) -> str:
@@ -111,6 +115,10 @@ class ModelStore(ABC):
     def local_root(self) -> Optional[Path]:
         """The directory holding the files, for a backend that is a local directory; else None."""
         return None
+
+    def location_info(self, key: Optional[str] = None) -> dict[str, Any]:
+        """Where this store (and ``key`` in it) lives, for people: backend and location, never credentials."""
+        return {"backend": type(self).__name__}
 
     def key_for(self, path: str | Path) -> str:
         """The key of ``path`` (a location returned by :meth:`locate`); ValueError if not in this store."""

@@ -85,6 +85,8 @@ def model_detail(manager: "ModelManager", model_id: int) -> dict[str, Any]:
             "file_exists": (file_size is not None) if row.model_path else None,
             "file_size_bytes": file_size,
             "has_blob": has_blob,
+            # Which store holds the bytes (local directory or S3 bucket and key); never credentials.
+            "store": manager.store.location_info(row.model_path) if row.model_path else None,
         },
         library_versions={"sklearn": row.sklearn_version, "numpy": row.numpy_version, "python": row.python_version},
         versions=[

@@ -22,7 +22,14 @@ import numpy
 import sklearn
 
 from utils.ml import events
-from utils.ml.store.base import ModelStore, ModelStoreError, ModelTooLargeError, ModelValidationError, UnsafePathError
+from utils.ml.store.base import (
+    ChecksumMismatchError,
+    ModelStore,
+    ModelStoreError,
+    ModelTooLargeError,
+    ModelValidationError,
+    UnsafePathError,
+)
 
 # Read errors worth retrying with backoff (the seed's 1, 2, 4 s): I/O hiccups,
 # exhausted descriptors or memory, stale network handles.  Anything else
@@ -161,6 +168,8 @@ def read_verified(store: ModelStore, model_id: int, key: str, checksum: Optional
         return None, "unsafe_path", str(exc)
     except ModelTooLargeError as exc:
         return None, "too_large", str(exc)
+    except ChecksumMismatchError as exc:  # a caching store refused bytes that do not match: never unpickled
+        return None, "checksum_mismatch", str(exc)
     except (OSError, ModelStoreError) as exc:
         return None, "read_error", f"model file {key!r}: {exc}"
     if sha256_hex(data) != checksum:

@@ -14,7 +14,7 @@ import stat
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
 from utils.ml.store.base import (
@@ -37,9 +37,9 @@ class LocalModelStore(ModelStore):
     """Files in one directory (755), each file 644, written temp-fsync-rename."""
 
     @classmethod
-    def from_url(cls, url: str, create: bool = True) -> "LocalModelStore":
+    def from_url(cls, url: str, create: bool = True, **options: Any) -> "LocalModelStore":
         parsed = urlparse(url)
-        return cls(parsed.path if parsed.scheme.lower() == "file" else url, create=create)
+        return cls(parsed.path if parsed.scheme.lower() == "file" else url, create=create, **options)
 
     def __init__(self, root: str | os.PathLike[str], create: bool = True) -> None:
         """``create=False`` leaves a missing directory missing (a dry run touches nothing)."""
@@ -86,6 +86,12 @@ class LocalModelStore(ModelStore):
 
     def locate(self, key: str) -> str:
         return str(self.resolve(key))
+
+    def location_info(self, key: str | None = None) -> dict[str, Any]:
+        info: dict[str, Any] = {"backend": "local", "models_dir": str(self.root)}
+        if key is not None:
+            info["key"] = key
+        return info
 
     # -- writing -------------------------------------------------------------
     def write_new(self, name_factory: Callable[[], str], data: bytes) -> str:

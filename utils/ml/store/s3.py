@@ -29,18 +29,19 @@ import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterator, Optional
+from typing import Any, Callable, Hashable, Optional
+from urllib.parse import urlsplit, urlunsplit
 
 from utils.ml.store.base import (
     STORE_SCHEMES,
     ModelStore,
     ModelStoreError,
     ModelTooLargeError,
-    StoredFile,
     UnsafePathError,
 )
-from utils.ml.store.local import MODEL_SUFFIXES, TEMP_PREFIX, LocalModelStore
+from utils.ml.store.local import TEMP_PREFIX, LocalModelStore
 from utils.ml.store.s3_cache import RateLimitedLog, VerifiedDiskCache
+from utils.ml.store.s3_listing import UPLOAD_SEPARATOR, S3Listing
 from utils.ml.store.s3_client import (  # noqa: F401 - the errors are part of this module's API
     ChecksumMismatchError,
     NameTaken,
@@ -56,11 +57,10 @@ from utils.ml.store.s3_client import (  # noqa: F401 - the errors are part of th
 logger = logging.getLogger(__name__)
 
 MARKER_NAME = ".active-generation"  # the same name as the local store's activation marker
-UPLOAD_SEPARATOR = "?uploadId="  # temp-file keys of unfinished multipart uploads: "<key>?uploadId=<id>"
 DEFAULT_CACHE_MAX_BYTES = 256 * 1024 * 1024
 
 
-class S3ModelStore(ModelStore):
+class S3ModelStore(S3Listing, ModelStore):
     """Model objects under ``s3://bucket/prefix``, read through a verified, bounded local cache."""
 
     def __init__(
@@ -122,6 +122,33 @@ class S3ModelStore(ModelStore):
     def locate(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._object_key(key)}"
 
+    def key_for(self, path: str | Path) -> str:
+        """The key of ``s3://bucket/prefix/key`` (what :meth:`locate` gives); ValueError if not in this store."""
+        base = f"s3://{self.bucket}/{self.prefix}/" if self.prefix else f"s3://{self.bucket}/"
+        text = str(path)
+        if not text.startswith(base) or len(text) == len(base):
+            raise ValueError(f"{text!r} is not an object of {base}")
+        key = text[len(base):]
+        self._object_key(key)
+        return key
+
+    def location_info(self, key: Optional[str] = None) -> dict[str, Any]:
+        """Backend, bucket, prefix, endpoint and region, and the object's key and URL: never credentials."""
+        endpoint = self.client.meta.endpoint_url
+        parsed = urlsplit(endpoint)
+        if parsed.username or parsed.password:  # never echo userinfo someone put into AWS_ENDPOINT_URL
+            endpoint = urlunsplit(parsed._replace(netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")))
+        info: dict[str, Any] = {"backend": "s3", "bucket": self.bucket, "prefix": self.prefix,
+                                "endpoint": endpoint, "region": self.client.meta.region_name,
+                                "cache_dir": str(self.cache.root)}
+        if key is not None:
+            info["key"] = key
+            try:
+                info.update(object_key=self._object_key(key), url=self.locate(key))
+            except UnsafePathError:  # a legacy row's absolute path: not an object of this store
+                pass
+        return info
+
     # -- calls -----------------------------------------------------------------
     def _call(self, what: str, key: Optional[str], fn: Callable[[], Any], attempts: Optional[int] = None) -> Any:
         """Run one S3 call with bounded retries; raise the store's errors (FileNotFoundError for a missing object)."""
@@ -137,13 +164,14 @@ class S3ModelStore(ModelStore):
             return None
 
     # -- writing -----------------------------------------------------------------
-    def _put(self, key: str, data: bytes, conditional: bool, metadata: dict[str, str]) -> dict[str, Any]:
+    def _put(self, key: str, data: bytes, conditional: bool, metadata: dict[str, str],
+             attempts: Optional[int] = None) -> dict[str, Any]:
         extra = {"IfNoneMatch": "*"} if conditional else {}
         return self._call("publish", key, lambda: self.client.put_object(
             Bucket=self.bucket, Key=self._object_key(key), Body=data, ContentType="application/octet-stream",
             ContentMD5=base64.b64encode(hashlib.md5(data).digest()).decode(),
             ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode(),
-            Metadata=metadata, **extra))
+            Metadata=metadata, **extra), attempts)
 
     def conditional_writes(self) -> bool:
         """Whether the server refuses ``If-None-Match: *`` on an existing key (probed once, then remembered)."""
@@ -202,21 +230,6 @@ class S3ModelStore(ModelStore):
         self._call("delete", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=self._object_key(key)))
         return int(head.get("ContentLength") or 0)
 
-    def _abort_upload(self, key: str) -> int:
-        name, upload_id = key.split(UPLOAD_SEPARATOR, 1)
-        full = self._object_key(name)
-        try:
-            parts = self._call("list parts of", name, lambda: self.client.list_parts(
-                Bucket=self.bucket, Key=full, UploadId=upload_id)).get("Parts", [])
-        except (FileNotFoundError, ModelStoreError):
-            parts = []
-        try:
-            self._call("abort upload of", name, lambda: self.client.abort_multipart_upload(
-                Bucket=self.bucket, Key=full, UploadId=upload_id))
-        except FileNotFoundError:  # NoSuchUpload answers 404: already gone
-            return 0
-        return sum(int(part.get("Size") or 0) for part in parts)
-
     # -- reading -----------------------------------------------------------------
     def read(self, key: str, max_bytes: int, *, expected_sha256: Optional[str] = None) -> bytes:
         """Bytes of ``key``: the cached copy while it matches ``expected_sha256``, else a download.
@@ -264,54 +277,17 @@ class S3ModelStore(ModelStore):
             return None
         return None if head is None else int(head.get("ContentLength") or 0)
 
-    # -- listing -----------------------------------------------------------------
-    def _pages(self, operation: str) -> Iterator[dict[str, Any]]:
-        """Every page of a listing under the prefix (top level only, like the local store).
-
-        Paginated by hand so that a retried call asks again for the same page
-        (a paginator that raised once would end the listing silently).
-        """
-        method = getattr(self.client, operation)
-        base = f"{self.prefix}/" if self.prefix else ""
-        markers: dict[str, str] = {}
-        while True:
-            size_arg = {"MaxKeys": self.page_size} if operation == "list_objects_v2" else {"MaxUploads": self.page_size}
-            page = self._call("list", None, lambda: method(Bucket=self.bucket, Prefix=base, Delimiter="/",
-                                                           **size_arg, **markers))
-            yield page
-            if not page.get("IsTruncated"):
-                return
-            if operation == "list_objects_v2":
-                markers = {"ContinuationToken": page["NextContinuationToken"]}
-            else:
-                markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
-
-    def _objects(self) -> Iterator[StoredFile]:
-        for page in self._pages("list_objects_v2"):
-            for item in page.get("Contents", []):
-                name = self._relative(item["Key"])
-                yield StoredFile(name, int(item["Size"]), item["LastModified"].timestamp())
-
-    def iter_files(self) -> Iterator[StoredFile]:
-        return (f for f in self._objects() if f.key.endswith(MODEL_SUFFIXES) and not f.key.startswith(TEMP_PREFIX))
-
-    def iter_temp_files(self) -> Iterator[StoredFile]:
-        """Probe objects left by a killed writer, and unfinished multipart uploads (``<key>?uploadId=<id>``)."""
-        yield from (f for f in self._objects() if f.key.startswith(TEMP_PREFIX))
-        for page in self._pages("list_multipart_uploads"):
-            for upload in page.get("Uploads", []):
-                name = self._relative(upload["Key"])
-                yield StoredFile(f"{name}{UPLOAD_SEPARATOR}{upload['UploadId']}", 0, upload["Initiated"].timestamp())
-
     # -- health ------------------------------------------------------------------
     def check_writable(self) -> None:
-        """A real write and delete of a tiny probe object, within the retry and timeout bounds."""
+        """A real write and delete of a tiny probe object: one attempt each (a readiness probe must
+        answer within its timeout; the next probe is the retry), within the connect/read timeouts."""
         probe = f"{TEMP_PREFIX}probe-{secrets.token_hex(8)}"
         try:
-            self._put(probe, b"probe", False, {})
+            self._put(probe, b"probe", False, {}, attempts=1)
         except NameTaken:  # pragma: no cover - an unconditional PUT is never refused as taken
             pass
-        self.delete(probe)
+        self._call("delete", probe, lambda: self.client.delete_object(
+            Bucket=self.bucket, Key=self._object_key(probe)), attempts=1)
 
     def disk_usage(self) -> dict[str, float]:
         """Figures of the disk holding the local cache (as the local store gives them), plus the

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import errno
 import random
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
-from urllib.parse import urlparse
 
 import boto3
 from botocore.config import Config
@@ -30,10 +28,10 @@ from botocore.exceptions import (
     NoCredentialsError,
 )
 
-from utils.ml.store.base import ModelStoreError
+from utils.ml.store.base import ChecksumMismatchError, ModelStoreError  # noqa: F401 - re-exported
 from utils.ml.store.s3_cache import RateLimitedLog
+from utils.ml.store.s3_url import parse_s3_url  # noqa: F401 - re-exported
 
-_BUCKET_RULE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _RETRYABLE_CODES = frozenset({
     "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
     "RequestTimeout", "InternalError", "ServiceUnavailable", "503", "500", "502", "504",
@@ -56,32 +54,8 @@ class S3UnavailableError(ModelStoreError):
     """The endpoint did not answer usefully within the retry budget."""
 
 
-class ChecksumMismatchError(ModelStoreError):
-    """Downloaded bytes do not match the SHA-256 the caller expects: refused, not cached."""
-
-
 class NameTaken(Exception):
     """A conditional PUT found the name already used."""
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/prefix`` -> (bucket, prefix without surrounding slashes); ValueError naming the rule."""
-    parsed = urlparse(url)
-    if parsed.scheme.lower() != "s3":
-        raise ValueError(f"ML_STORE_URL={url!r}: must start with s3://")
-    if "@" in parsed.netloc:
-        raise ValueError("ML_STORE_URL: credentials do not belong in the URL; "
-                         "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-    if parsed.query or parsed.fragment:
-        raise ValueError(f"ML_STORE_URL={url!r}: no query or fragment allowed (s3://bucket/prefix)")
-    bucket = parsed.netloc
-    if not _BUCKET_RULE.fullmatch(bucket) or ".." in bucket:
-        raise ValueError(f"ML_STORE_URL={url!r}: bucket {bucket!r} must be 3-63 characters of a-z, 0-9, '.' "
-                         "and '-', starting and ending with a letter or digit")
-    prefix = parsed.path.strip("/")
-    if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
-        raise ValueError(f"ML_STORE_URL={url!r}: prefix {prefix!r} has an empty, '.' or '..' segment")
-    return bucket, prefix
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,21 @@ class ModelMetrics(ResponseModel):
     recall: Optional[float]
 
 
+class StoreLocation(ResponseModel):
+    """The store holding a version's bytes: a local directory, or an S3 bucket (never credentials)."""
+
+    backend: Literal["local", "s3"]
+    key: Optional[str] = None
+    models_dir: Optional[str] = Field(None, description="local: the models directory")
+    bucket: Optional[str] = Field(None, description="s3: the bucket of ML_STORE_URL")
+    prefix: Optional[str] = Field(None, description="s3: the key prefix of ML_STORE_URL")
+    object_key: Optional[str] = Field(None, description="s3: the object's full key in the bucket")
+    url: Optional[str] = Field(None, description="s3: s3://bucket/object_key")
+    endpoint: Optional[str] = Field(None, description="s3: the endpoint URL (AWS_ENDPOINT_URL or AWS's)")
+    region: Optional[str] = None
+    cache_dir: Optional[str] = Field(None, description="s3: this host's local cache of the bucket")
+
+
 class StorageLocation(ResponseModel):
     backend: Literal["file", "database"]
     models_dir: Optional[str]
@@ -96,6 +111,7 @@ class StorageLocation(ResponseModel):
     file_exists: Optional[bool] = Field(description="null for a legacy row without a file")
     file_size_bytes: Optional[int]
     has_blob: bool = Field(description="the legacy BLOB is still kept (the fallback)")
+    store: Optional[StoreLocation] = Field(None, description="null for a legacy row without a file")
 
 
 class LibraryVersions(ResponseModel):
