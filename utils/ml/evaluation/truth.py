@@ -73,8 +73,17 @@ def quantile(truth: Truth, q: np.ndarray) -> np.ndarray:
 
 
 def tail_probability(truth: Truth, values: np.ndarray, upper: bool) -> np.ndarray:
-    """P(X >= value) (``upper``) or P(X <= value) under each row's distribution."""
+    """P(X >= value) (``upper``) or P(X <= value) for the ROUNDED observation of each row.
+
+    A continuous draw is rounded to the row's decimals before it is observed,
+    so P(round(X) >= v) = P(X >= v - half a unit): without that, a count of
+    4 units with a 3 % noise would call 5 a 1e-5 event, yet rounding a mean
+    that moves with demand produces such steps every week.
+    """
     mu, shape, v = truth.mu, truth.shape, np.asarray(values, dtype=float)
+    if truth.family != "nbinom":
+        half = 0.5 * 10.0 ** (-np.asarray(truth.decimals, dtype=float))
+        v = v - half if upper else v + half
     if truth.family == "normal":
         z = (v - mu) / np.maximum(shape * mu, 1e-12)
         return stats.norm.sf(z) if upper else stats.norm.cdf(z)
@@ -89,12 +98,15 @@ def tail_probability(truth: Truth, values: np.ndarray, upper: bool) -> np.ndarra
 
 
 def coefficient_of_variation(truth: Truth) -> np.ndarray:
-    """sd / mean of each row's distribution."""
+    """sd / mean of each row's observed value, the rounding's own variance (unit^2 / 12) included."""
     mu, shape = truth.mu, truth.shape
-    if truth.family == "normal":
-        return shape.astype(float).copy()
     if truth.family == "nbinom":
         return np.sqrt(1.0 / np.maximum(mu, 1e-12) + 1.0 / shape)
-    if truth.family == "gamma":
-        return 1.0 / np.sqrt(shape)
-    return np.sqrt(np.exp(shape ** 2) - 1.0)
+    if truth.family == "normal":
+        cv = shape.astype(float)
+    elif truth.family == "gamma":
+        cv = 1.0 / np.sqrt(shape)
+    else:
+        cv = np.sqrt(np.exp(shape ** 2) - 1.0)
+    unit = 10.0 ** (-np.asarray(truth.decimals, dtype=float))
+    return np.sqrt(cv ** 2 + unit ** 2 / 12.0 / np.maximum(mu, 1e-12) ** 2)
