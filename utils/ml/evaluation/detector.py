@@ -240,6 +240,22 @@ def _forest_score(forest: IsolationForest, deviation: np.ndarray) -> np.ndarray:
     return -forest.score_samples((np.sign(d) * np.log1p(np.abs(d)))[:, None])
 
 
+def _limits(x: np.ndarray, index: np.ndarray, size: int, n: np.ndarray, w: np.ndarray, c: float,
+            alpha: np.ndarray, m_alpha: float) -> tuple[np.ndarray, float]:
+    """Per-entity and metric limits of one side of a deviation-like feature ``x`` (see the module docstring)."""
+    m_q, m_beta = _tail(x, c)
+    q_e, _ = _per_entity(index, size, x, lambda y: _tail(y, c)[0])
+    beta_e, _ = _per_entity(index, size, x, lambda y: _tail(y, c)[1])
+    # Shrinkage toward the metric only ever raises a short history's tail, never lowers it:
+    # a new room with a heavy tail of its own is not held to the metric's lighter one.
+    q_e = np.where(n > 0, np.maximum(np.nan_to_num(q_e), w * np.nan_to_num(q_e) + (1 - w) * m_q), m_q)
+    beta_e = np.where(n > 0, np.maximum(np.nan_to_num(beta_e), w * np.nan_to_num(beta_e) + (1 - w) * m_beta), m_beta)
+    # Few exceedances (a daily count has about one in 60 days) make the tail scale uncertain: widen it.
+    beta_e = beta_e * (1 + 1 / np.maximum(n * c, 1.0))
+    # Each side gets half the budget: tail probability alpha / 2 = c * exp(-(D - q) / beta).
+    return q_e + beta_e * np.log(np.maximum(2 * c / alpha, 1.0)), m_q + m_beta * float(np.log(max(2 * c / m_alpha, 1.0)))
+
+
 def _common_drift(stats: causal.EntityStats, now: float) -> dict[str, float]:
     """Whether many entities moved the same way last week: a change of regime, not one entity's drift.
 
@@ -297,25 +313,11 @@ def train(entity: Any, ts: Any, value: Any, settings: DetectorSettings = Detecto
     calibration: dict[str, np.ndarray] = {"alpha": alpha, "drift": np.maximum(DRIFT_FACTOR * e_drift, DRIFT_FLOOR)}
     metric: dict[str, float] = {"alpha": m_alpha, "drift": max(DRIFT_FACTOR * m_drift, DRIFT_FLOOR)}
     dev = f.deviation()[usable]
-    for side, x, sign in (("pos", dev, 1.0), ("neg", -dev, -1.0)):
-        # The side's tail: (1 - c) quantile and exponential excess scale, per entity and for the metric.
-        m_q, m_beta = _tail(x, c)
-        q_e, _ = _per_entity(index, size, x, lambda y: _tail(y, c)[0])
-        beta_e, _ = _per_entity(index, size, x, lambda y: _tail(y, c)[1])
-        # Shrinkage toward the metric only ever raises a short history's tail, never lowers it:
-        # a new room with a heavy tail of its own is not held to the metric's lighter one.
-        q_e = np.where(n > 0, np.maximum(np.nan_to_num(q_e), w * np.nan_to_num(q_e) + (1 - w) * m_q), m_q)
-        beta_e = np.where(n > 0, np.maximum(np.nan_to_num(beta_e), w * np.nan_to_num(beta_e) + (1 - w) * m_beta),
-                          m_beta)
-        # Few exceedances (a daily count has about one in 60 days) make the tail scale uncertain: widen it.
-        beta_e = beta_e * (1 + 1 / np.maximum(n * c, 1.0))
-        # Each side gets half the budget: tail probability alpha / 2 = c * exp(-(D - q) / beta).
-        limit = q_e + beta_e * np.log(np.maximum(2 * c / alpha, 1.0))
-        m_limit = m_q + m_beta * float(np.log(max(2 * c / m_alpha, 1.0)))
-        calibration["dev_" + side], metric["dev_" + side] = limit, m_limit
-        # ... and the same threshold as a forest score: what the forest gives that deviation.
-        calibration["thr_" + side] = _forest_score(forest, sign * limit)
-        metric["thr_" + side] = float(_forest_score(forest, np.array([sign * m_limit]))[0])
+    for side, sign in (("pos", 1.0), ("neg", -1.0)):
+        calibration["dev_" + side], metric["dev_" + side] = _limits(sign * dev, index, size, n, w, c, alpha, m_alpha)
+        # The deviation limit as a forest score: what the forest gives that deviation.
+        calibration["thr_" + side] = _forest_score(forest, sign * calibration["dev_" + side])
+        metric["thr_" + side] = float(_forest_score(forest, np.array([sign * metric["dev_" + side]]))[0])
     metric.update(_common_drift(stats, now if now is not None else float(t.max())))
     return TrainedDetector(stats.tail(causal.DRIFT_DAYS), forest, calibration, metric, settings,
                            float(now if now is not None else t.max()), int(X.shape[0]))
