@@ -32,9 +32,9 @@ entity-day for a budget of 0.002-0.005.
 
 An observation is an alert when any channel fires:
 
-* **deviation**: forest score >= the entity's threshold for its side and
-  ``|d| > D`` (where the forest's score saturates, beyond the deviations in
-  its subsamples, the deviation itself decides);
+* **deviation**: ``|d| > D`` and a forest score at least the lowest the
+  forest gives any deviation beyond ``D`` on that side (where the score
+  saturates, beyond the deviations in its subsamples, the deviation decides);
 * **stuck**: the run of equal readings is ``STUCK_MARGIN`` times less likely
   (by the entity's own repeat rate for that value) than ``alpha``;
 * **drift**: ``|drift|`` above ``DRIFT_FACTOR`` x the entity's
@@ -73,6 +73,7 @@ _NATS = (np.log(10.0), np.log(100.0), np.log(1000.0))
 _Z_RATIOS = _RATIOS
 
 FALLBACK_MIN_PRIOR = 10
+_GRID = np.linspace(0.0, 8.0, 401)  # log1p(deviation) at which the forest is read for its thresholds
 # Stuck: alert when the run is STUCK_MARGIN times less likely than the entity's alert budget per
 # observation (runs are not independent draws: an empty room stays empty for days).
 STUCK_MARGIN = 0.01
@@ -240,6 +241,21 @@ def _forest_score(forest: IsolationForest, deviation: np.ndarray) -> np.ndarray:
     return -forest.score_samples((np.sign(d) * np.log1p(np.abs(d)))[:, None])
 
 
+def _score_threshold(forest: IsolationForest, limit: np.ndarray, sign: float) -> np.ndarray:
+    """The lowest score the forest gives any deviation beyond ``limit`` on that side.
+
+    A forest's score is a noisy, nearly monotone function of the deviation,
+    flat where it saturates; reading it at the limit alone would let that
+    noise reject a larger deviation.  The envelope over a grid of deviations
+    (up to e^8 scales) keeps the forest's judgement and drops the noise.
+    """
+    grid = np.expm1(_GRID)  # deviations 0 .. ~3000 scales, log-spaced
+    scores = _forest_score(forest, sign * grid)
+    envelope = np.minimum.accumulate(scores[::-1])[::-1]  # min over this and every larger deviation
+    at = np.clip(np.searchsorted(grid, np.asarray(limit, dtype=float)), 0, grid.size - 1)
+    return envelope[at]
+
+
 def _limits(x: np.ndarray, index: np.ndarray, size: int, n: np.ndarray, w: np.ndarray, c: float,
             alpha: np.ndarray, m_alpha: float) -> tuple[np.ndarray, float]:
     """Per-entity and metric limits of one side of a deviation-like feature ``x`` (see the module docstring)."""
@@ -316,8 +332,8 @@ def train(entity: Any, ts: Any, value: Any, settings: DetectorSettings = Detecto
     for side, sign in (("pos", 1.0), ("neg", -1.0)):
         calibration["dev_" + side], metric["dev_" + side] = _limits(sign * dev, index, size, n, w, c, alpha, m_alpha)
         # The deviation limit as a forest score: what the forest gives that deviation.
-        calibration["thr_" + side] = _forest_score(forest, sign * calibration["dev_" + side])
-        metric["thr_" + side] = float(_forest_score(forest, np.array([sign * metric["dev_" + side]]))[0])
+        calibration["thr_" + side] = _score_threshold(forest, calibration["dev_" + side], sign)
+        metric["thr_" + side] = float(_score_threshold(forest, np.array([metric["dev_" + side]]), sign)[0])
     metric.update(_common_drift(stats, now if now is not None else float(t.max())))
     return TrainedDetector(stats.tail(causal.DRIFT_DAYS), forest, calibration, metric, settings,
                            float(now if now is not None else t.max()), int(X.shape[0]))
