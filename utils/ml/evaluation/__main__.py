@@ -64,7 +64,8 @@ def _datasets(args: argparse.Namespace) -> list[tuple[str, datamod.Dataset]]:
     return out
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, path: Optional[Path] = None) -> dict[str, Any]:
+    """Evaluate every dataset; with ``path``, rewrite the JSON after each one (a long run keeps what it did)."""
     names = [n.strip() for n in args.detectors.split(",") if n.strip()]
     unknown = [n for n in names if n not in DETECTORS]
     if unknown or not names:
@@ -82,10 +83,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result = evaluate(dataset, {n: DETECTORS[n] for n in names}, cfg,
                           log=lambda m: print(f"  [{label}] {m}", file=sys.stderr))
         result.update(label=label, meta=dataset.meta)
-        for entry in result["detectors"].values():
-            entry.pop("counts_by_metric", None)
-        print(full_report(label, result["detectors"]))
+        print(full_report(label, result["detectors"]), flush=True)
         runs.append(result)
+        if path is not None:
+            path.write_text(json.dumps({"runs": runs, "partial": True}, default=str))
     return {"runs": runs, "pooled": combine(runs) if len(runs) > 1 else None}
 
 
@@ -100,6 +101,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(full_report(f"pooled over {len(runs)} runs", pooled))
             return 0
         started = time.perf_counter()
+        path = Path(args.json_path) if args.json_path else DEFAULT_OUTPUT / f"evaluation_{int(time.time())}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
         if args.cost:
             from utils.ml.evaluation.cost import format_cost, measure
 
@@ -108,11 +111,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             output = {"cost": measure(largest, split_day=max(args.days - 30, 14))}
             print(format_cost(output["cost"]))
         else:
-            output = run(args)
+            output = run(args, path)
         if output.get("pooled"):
             print(full_report(f"pooled over {len(output['runs'])} runs", output["pooled"]))
-        path = Path(args.json_path) if args.json_path else DEFAULT_OUTPUT / f"evaluation_{int(time.time())}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
         output["seconds"] = round(time.perf_counter() - started, 1)
         path.write_text(json.dumps(output, indent=1, default=str))
         print(f"\nwrote {path}")
