@@ -74,7 +74,7 @@ def test_every_detector_runs_and_counts_are_consistent(small):
 def test_command_line_writes_json_and_reads_csv(small, tmp_path, capsys):
     write_observations(tmp_path / "obs.csv", small)
     write_events(tmp_path / "labels.csv", small.events)
-    args = ["--detectors", "b_zscore,e_new", "--warmup-days", "21", "--retrain-days", "3"]
+    args = ["--detectors", "b_zscore,e_new", "--warmup-days", "21", "--retrain-days", "7"]
     assert main(["--seed", "4", *sum(([f"--{k}", str(v)] for k, v in SMALL.items()), []), *args,
                  "--json", str(tmp_path / "sim.json")]) == 0
     assert main(["--observations", str(tmp_path / "obs.csv"), "--labels", str(tmp_path / "labels.csv"), *args,
@@ -92,3 +92,5 @@ def test_command_line_refuses_bad_input(tmp_path, capsys):
     assert main(["--detectors", "nope"]) == 2
     assert "--detectors" in capsys.readouterr().err
     assert main(["--observations", str(tmp_path / "missing.csv")]) == 2
+    assert main(["--seed", "4", "--days", "20", "--budget", "2"]) == 2
+    assert "--budget" in capsys.readouterr().err

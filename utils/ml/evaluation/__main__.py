@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from utils.ml.evaluation import data as datamod
-from utils.ml.evaluation.baselines import DETECTORS
+from utils.ml.evaluation.baselines import DETECTORS, NewDetector
+from utils.ml.evaluation.detector import DetectorSettings
 from utils.ml.evaluation.report import full_report
 from utils.ml.evaluation.simulator import HotelConfig, simulate
 from utils.ml.evaluation.walkforward import WalkForwardConfig, combine, evaluate
@@ -43,6 +44,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--detectors", default=",".join(DETECTORS), help=f"comma-separated, from {','.join(DETECTORS)}")
     p.add_argument("--warmup-days", type=int, default=None, help="days before scoring starts (default 28; --clean: days-30)")
     p.add_argument("--retrain-days", type=int, default=1)
+    p.add_argument("--budget", type=float, default=DetectorSettings.false_alerts_per_entity_day,
+                   help="e_new: expected false alerts per entity-day (its calibration budget)")
+    p.add_argument("--contamination", type=float, default=DetectorSettings.contamination,
+                   help="e_new: calibration target (share of each entity's window anchoring its tail)")
     p.add_argument("--window-days", type=float, default=60.0)
     p.add_argument("--json", dest="json_path", help=f"where to write the results (default under {DEFAULT_OUTPUT}/)")
     p.add_argument("--write-csv", help="also write the simulated observations and labels into this directory")
@@ -80,7 +85,13 @@ def run(args: argparse.Namespace, path: Optional[Path] = None) -> dict[str, Any]
             stem = label.replace(" ", "_")
             datamod.write_observations(folder / f"{stem}_observations.csv", dataset)
             datamod.write_events(folder / f"{stem}_labels.csv", dataset.events)
-        result = evaluate(dataset, {n: DETECTORS[n] for n in names}, cfg,
+        if not (0 < args.budget < 1 and 0 < args.contamination < 0.5):
+            raise ValueError("--budget: must be in (0, 1) and --contamination in (0, 0.5)")
+        settings = DetectorSettings(false_alerts_per_entity_day=args.budget, contamination=args.contamination)
+        factories = {n: DETECTORS[n] for n in names}
+        if "e_new" in factories:
+            factories["e_new"] = lambda metric_type: NewDetector(metric_type, settings)
+        result = evaluate(dataset, factories, cfg,
                           log=lambda m: print(f"  [{label}] {m}", file=sys.stderr))
         result.update(label=label, meta=dataset.meta)
         print(full_report(label, result["detectors"]), flush=True)
