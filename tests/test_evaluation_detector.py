@@ -162,6 +162,15 @@ def test_bad_input_is_refused(clean_model):
         clean_model.score([1, 2], [T0], [1.0, 2.0])
     with pytest.raises(ValueError, match=r"values\[1\]"):
         clean_model.score([1, 1], [T0, T0 + 1], [1.0, np.nan])
+    with pytest.raises(ValueError, match=r"timestamps\[0\]"):
+        clean_model.score([1], [np.inf], [1.0])
+
+
+@pytest.mark.parametrize("field, value", [("contamination", 0.0), ("false_alerts_per_entity_day", 1.5),
+                                          ("n_estimators", 0), ("fallback_z", -1.0)])
+def test_bad_settings_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        D.DetectorSettings(**{field: value})
 
 
 def test_too_little_data_trains_nothing():

@@ -93,6 +93,18 @@ class DetectorSettings:
     min_samples: int = 50
     fallback_z: float = 5.0
 
+    def __post_init__(self) -> None:
+        rules = (("contamination", 0 < self.contamination < 0.5, "must be in (0, 0.5)"),
+                 ("false_alerts_per_entity_day", 0 < self.false_alerts_per_entity_day < 1, "must be in (0, 1)"),
+                 ("n_estimators", self.n_estimators >= 1, "must be >= 1"),
+                 ("max_samples", self.max_samples >= 2, "must be >= 2"),
+                 ("shrink_n", self.shrink_n >= 0, "must be >= 0"),
+                 ("min_samples", self.min_samples >= 1, "must be >= 1"),
+                 ("fallback_z", self.fallback_z > 0, "must be > 0"))
+        for name, ok, rule in rules:
+            if not ok:
+                raise ValueError(f"{name}: {rule} (got {getattr(self, name)!r})")
+
 
 @dataclass
 class Scores:
@@ -119,8 +131,9 @@ def _combine(entity: Any, ts: Any, value: Any, history: Optional[tuple[Any, Any,
                np.asarray(value, dtype=float).reshape(-1))
     if not (e.shape == t.shape == v.shape):
         raise ValueError("entity_ids, timestamps and values must have the same length")
-    if not np.all(np.isfinite(v)):
-        raise ValueError(f"values[{int(np.flatnonzero(~np.isfinite(v))[0])}]: must be a finite number")
+    for name, column in (("values", v), ("timestamps", t)):
+        if not np.all(np.isfinite(column)):
+            raise ValueError(f"{name}[{int(np.flatnonzero(~np.isfinite(column))[0])}]: must be a finite number")
     if history is None or len(history[0]) == 0:
         return e, t, v, np.arange(e.size)
     he, ht, hv = (np.asarray(history[0], dtype=np.int64), np.asarray(history[1], dtype=float),
