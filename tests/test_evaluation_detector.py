@@ -1,0 +1,177 @@
+"""The new detector: causal scores, per-entity calibration, its fallback and its pickled artefact."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from utils.ml.evaluation import detector as D
+from utils.ml.evaluation.data import DAY, HOUR
+
+T0 = 1_736_121_600.0  # 2025-01-06 00:00 UTC, a Monday
+TRAIN_DAYS, DAYS = 40, 50
+CALM = {1: (16778.0, 0.01), 2: (0.6, 0.04), 3: (50.0, 0.02)}  # entity: (level, relative noise)
+VOLATILE = 9
+
+
+def synthetic(seed: int = 0, spikes: tuple[tuple[int, int], ...] = ()) -> tuple[np.ndarray, ...]:
+    """Hourly rows of three calm entities (levels 0.6 to 16,778) and one heavy-tailed volatile one."""
+    rng = np.random.default_rng(seed)
+    hours = np.arange(DAYS * 24)
+    daily = 1 + 0.1 * np.sin(2 * np.pi * (hours % 24) / 24)
+    entity, ts, value = [], [], []
+    for e, (level, noise) in CALM.items():
+        v = level * daily * (1 + noise * rng.normal(size=hours.size))
+        entity.append(np.full(hours.size, e))
+        ts.append(T0 + hours * HOUR)
+        value.append(np.round(v, 3))
+    volatile = 100 * daily + 15 * rng.standard_t(1.5, size=hours.size)
+    entity.append(np.full(hours.size, VOLATILE))
+    ts.append(T0 + hours * HOUR)
+    value.append(np.round(volatile, 3))
+    e, t, v = np.concatenate(entity), np.concatenate(ts), np.concatenate(value)
+    for ent, hour in spikes:  # +10 noise sd at that hour
+        i = np.flatnonzero((e == ent) & (t == T0 + hour * HOUR))[0]
+        level, noise = CALM[ent]
+        v[i] = v[i] + 10 * noise * level * daily[hour]
+    order = np.lexsort((e, t))
+    return e[order], t[order], v[order]
+
+
+def split(e, t, v, at_day: float):
+    cut = np.searchsorted(t, T0 + at_day * DAY)
+    return (e[:cut], t[:cut], v[:cut]), (e[cut:], t[cut:], v[cut:])
+
+
+def history_before(e, t, v, start_day: float):
+    past, _ = split(e, t, v, start_day)
+    idx = D.recent_history(past[0], past[1])
+    return past[0][idx], past[1][idx], past[2][idx]
+
+
+@pytest.fixture(scope="module")
+def clean_model():
+    e, t, v = synthetic()
+    train, _ = split(e, t, v, TRAIN_DAYS)
+    model = D.train(*train, now=T0 + TRAIN_DAYS * DAY)
+    assert model is not None
+    return model
+
+
+def test_scores_never_change_when_later_rows_are_appended(clean_model):
+    e, t, v = synthetic()
+    _, rest = split(e, t, v, TRAIN_DAYS)
+    history = history_before(e, t, v, TRAIN_DAYS)
+    n_first = int(np.searchsorted(rest[1], T0 + (TRAIN_DAYS + 3) * DAY))
+    short = clean_model.score(rest[0][:n_first], rest[1][:n_first], rest[2][:n_first], history=history)
+    long = clean_model.score(*rest, history=history)
+    assert np.array_equal(short.score, long.score[:n_first])
+    assert np.array_equal(short.is_anomaly, long.is_anomaly[:n_first])
+    # Hourly scans (many small batches, each with its own history) give the same scores as one batch.
+    half = n_first // 2
+    first = clean_model.score(rest[0][:half], rest[1][:half], rest[2][:half], history=history)
+    h2 = history_before(e, t, v, (rest[1][half] - T0) / DAY)
+    second = clean_model.score(rest[0][half:n_first], rest[1][half:n_first], rest[2][half:n_first], history=h2)
+    assert np.allclose(np.r_[first.score, second.score], short.score)
+
+
+def test_changing_a_later_value_does_not_change_earlier_scores(clean_model):
+    e, t, v = synthetic()
+    _, rest = split(e, t, v, TRAIN_DAYS)
+    history = history_before(e, t, v, TRAIN_DAYS)
+    before = clean_model.score(*rest, history=history).score
+    altered = rest[2].copy()
+    late = len(altered) // 2
+    altered[late:] *= 3.0
+    after = clean_model.score(rest[0], rest[1], altered, history=history).score
+    assert np.array_equal(before[:late], after[:late])
+    assert not np.array_equal(before[late:], after[late:])
+
+
+def test_volatile_entity_cannot_take_the_alerts_of_calm_ones():
+    spikes = tuple((ent, (TRAIN_DAYS + 1 + i) * 24 + 13) for i, ent in enumerate(CALM))
+    e, t, v = synthetic(seed=1, spikes=spikes)
+    train, rest = split(e, t, v, TRAIN_DAYS)
+    model = D.train(*train, now=T0 + TRAIN_DAYS * DAY)
+    result = model.score(*rest, history=history_before(e, t, v, TRAIN_DAYS))
+    for ent, hour in spikes:  # every calm entity's spike, the 0.6-level one included
+        i = np.flatnonzero((rest[0] == ent) & (rest[1] == T0 + hour * HOUR))[0]
+        assert result.is_anomaly[i], f"entity {ent}: spike missed"
+        assert result.severity[i] in D.SEVERITIES
+        assert result.expected[i] == pytest.approx(CALM[ent][0] * (1 + 0.1 * np.sin(2 * np.pi * 13 / 24)), rel=0.1)
+    volatile = rest[0] == VOLATILE
+    assert result.is_anomaly[volatile].mean() < 0.02
+    calm_false = result.is_anomaly & ~volatile
+    calm_false[[np.flatnonzero((rest[0] == ent) & (rest[1] == T0 + h * HOUR))[0] for ent, h in spikes]] = False
+    assert calm_false.sum() <= 2
+
+
+def test_contamination_is_a_calibration_target_not_a_quota():
+    e, t, v = synthetic(seed=2)
+    train, rest = split(e, t, v, TRAIN_DAYS)
+    history = history_before(e, t, v, TRAIN_DAYS)
+    calm = rest[0] != VOLATILE
+    for contamination in (0.02, 0.1):
+        model = D.train(*train, D.DetectorSettings(contamination=contamination), now=T0 + TRAIN_DAYS * DAY)
+        rate = model.score(*rest, history=history).is_anomaly[calm].mean()
+        assert rate < contamination / 10, contamination
+
+
+def test_pickle_round_trip_keeps_scores_and_stays_small(clean_model):
+    e, t, v = synthetic()
+    _, rest = split(e, t, v, TRAIN_DAYS)
+    history = history_before(e, t, v, TRAIN_DAYS)
+    blob = pickle.dumps(clean_model, protocol=pickle.HIGHEST_PROTOCOL)
+    loaded = pickle.loads(blob)
+    assert loaded.feature_version == D.FEATURE_VERSION
+    a, b = clean_model.score(*rest, history=history), loaded.score(*rest, history=history)
+    assert np.array_equal(a.score, b.score) and np.array_equal(a.is_anomaly, b.is_anomaly)
+    size = clean_model.size()
+    assert size["bytes_per_entity"] < 2000
+    assert len(blob) == size["total_bytes"]
+
+
+def test_new_entity_warms_up_then_has_its_own_scale(clean_model):
+    hours = np.arange(60)
+    rng = np.random.default_rng(4)
+    values = 5000 + 10 * rng.normal(size=hours.size)
+    values[40] = 5200  # 20 sd: its own scale, not the metric's
+    result = clean_model.score(np.full(60, 77), T0 + (TRAIN_DAYS + hours / 24) * DAY, values)
+    assert not result.is_anomaly[:5].any()  # warming up: never judged on nothing
+    assert result.is_anomaly[40]
+    assert result.is_anomaly.sum() <= 3
+
+
+def test_fallback_is_a_per_entity_robust_z():
+    hours = np.arange(80)
+    rng = np.random.default_rng(5)
+    entity = np.r_[np.full(80, 1), np.full(80, 2)]
+    ts = np.r_[T0 + hours * HOUR, T0 + hours * HOUR]
+    values = np.r_[100 + rng.normal(size=80), 1e6 + 1e4 * rng.normal(size=80)]
+    values[50] = 120  # 20 sd for entity 1, nothing at all on entity 2's scale
+    result = D.fallback_scores(entity, ts, values)
+    assert result.method == "robust_z"
+    assert result.is_anomaly[50]
+    assert not result.is_anomaly[:D.FALLBACK_MIN_PRIOR].any()
+    assert result.is_anomaly.sum() <= 3
+
+
+def test_bad_input_is_refused(clean_model):
+    with pytest.raises(ValueError, match="same length"):
+        clean_model.score([1, 2], [T0], [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"values\[1\]"):
+        clean_model.score([1, 1], [T0, T0 + 1], [1.0, np.nan])
+    with pytest.raises(ValueError, match=r"timestamps\[0\]"):
+        clean_model.score([1], [np.inf], [1.0])
+
+
+@pytest.mark.parametrize("field, value", [("contamination", 0.0), ("false_alerts_per_entity_day", 1.5),
+                                          ("n_estimators", 0), ("fallback_z", -1.0)])
+def test_bad_settings_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        D.DetectorSettings(**{field: value})
+
+
+def test_too_little_data_trains_nothing():
+    assert D.train([1] * 10, T0 + np.arange(10) * HOUR, np.arange(10.0)) is None

@@ -1,0 +1,352 @@
+"""The new detector: an Isolation Forest over causal per-entity deviations, calibrated per entity.
+
+Training (:func:`train`, daily, on one metric type's 60-day window):
+
+1. per-entity state from the window (:func:`causal.fit_stats`): time-of-week
+   profile, level window, scales, repeat costs, daily medians, log or linear;
+2. causal features of every window row (:func:`causal.compute`): the
+   deviation ``d`` from the entity's own baseline before the row, in its own
+   scales, plus ``stuck`` and ``drift``;
+3. one ``IsolationForest`` per metric type on ``sign(d) log(1 + |d|)`` (rows
+   still warming up left out): it learns the shape of the metric's
+   deviations (counts deviate upward more easily than down, refill times the
+   other way).  Its ``contamination`` is not used: the forest only ranks;
+4. **per-entity calibration**, per side (above / below the baseline), from
+   the entity's own deviations in the window: the ``(1 - contamination)``
+   quantile ``q`` and the exponential scale ``beta`` of the excesses above
+   it (median excess / ln 2, robust to the window's own anomalies), shrunk
+   toward the metric's with weight ``n / (n + shrink_n)`` -- a shrinkage that
+   only ever raises a short history's tail -- and widened by ``1 + 1/(n c)``
+   for few exceedances.  The limit is the deviation whose tail probability is
+   half the entity's budget per observation, ``alpha = budget / rate``
+   (``budget`` = ``false_alerts_per_entity_day``, ``rate`` = its
+   observations per day): ``D = q + beta * ln(2 c / alpha)``.  The entity's
+   forest threshold is the forest's score of ``+-D``.
+
+So ``contamination`` is a *calibration target* (the share of each entity's
+window treated as its tail, where the exponential tail is anchored), not a
+quota: on normal data the expected alert rate is about ``budget`` per
+entity-day whatever the contamination, and a volatile entity only raises its
+own limits.  Measured on the simulator's clean months (3 seeds, budget
+0.002, daily retraining): 0.0010 alerts per entity-day.
+
+An observation is an alert when any channel fires:
+
+* **deviation**: ``|d| > D`` and a forest score at least the lowest the
+  forest gives any deviation beyond ``D`` on that side (where the score
+  saturates, beyond the deviations in its subsamples, the deviation decides);
+* **stuck**: the run of equal readings is ``STUCK_MARGIN`` times less likely
+  (by the entity's own repeat rate for that value) than ``alpha``;
+* **drift**: ``|drift|`` above ``DRIFT_FACTOR`` x the entity's
+  ``(1 - contamination)`` quantile of it (at least ``DRIFT_FLOOR`` scales a
+  week), unless many entities moved the same way (:func:`_common_drift`).
+
+**Severity** is how far past the entity's own limit: deviation and drift by
+the ratio to the limit (low < 1.5, medium < 2.5, high < 4, critical), stuck
+by how many times less likely than the limit (10x, 100x, 1000x).
+
+Scoring (:meth:`TrainedDetector.score`) takes the batch plus, per entity, its
+``causal.HISTORY`` (48) previous observations, and is causal: a row's score
+depends only on the model and the rows before it.  With no model (too little
+data), :func:`fallback_scores` is a per-entity robust Z-score on the same
+history (median of the last 24, MAD of the last 48, |z| > 5).
+
+The trained object holds numpy arrays and one scikit-learn forest: plain,
+picklable state.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+import numpy as np
+from sklearn.ensemble import IsolationForest
+
+from utils.ml.evaluation import causal
+
+FEATURE_VERSION = 2
+SEVERITIES = ("low", "medium", "high", "critical")
+# Severity: how far past the entity's own threshold.  Deviation and drift: the ratio of the deviation
+# to the one at the threshold; stuck: how many times less likely than the threshold run (in nats).
+_RATIOS = (1.5, 2.5, 4.0)
+_NATS = (np.log(10.0), np.log(100.0), np.log(1000.0))
+_Z_RATIOS = _RATIOS
+
+FALLBACK_MIN_PRIOR = 10
+_GRID = np.linspace(0.0, 8.0, 401)  # log1p(deviation) at which the forest is read for its thresholds
+# Stuck: alert when the run is STUCK_MARGIN times less likely than the entity's alert budget per
+# observation (runs are not independent draws: an empty room stays empty for days).
+STUCK_MARGIN = 0.01
+# Drift: alert above DRIFT_FACTOR x the entity's (1 - contamination) quantile of |drift|, at least DRIFT_FLOOR.
+DRIFT_FACTOR, DRIFT_FLOOR = 2.0, 2.0
+COMMON_DRIFT_SHARE = 0.15
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    contamination: float = 0.02  # calibration target (see the module docstring)
+    false_alerts_per_entity_day: float = 0.002
+    n_estimators: int = 100
+    max_samples: int = 256
+    random_state: int = 42
+    shrink_n: int = 200
+    min_samples: int = 50
+    fallback_z: float = 5.0
+
+    def __post_init__(self) -> None:
+        rules = (("contamination", 0 < self.contamination < 0.5, "must be in (0, 0.5)"),
+                 ("false_alerts_per_entity_day", 0 < self.false_alerts_per_entity_day < 1, "must be in (0, 1)"),
+                 ("n_estimators", self.n_estimators >= 1, "must be >= 1"),
+                 ("max_samples", self.max_samples >= 2, "must be >= 2"),
+                 ("shrink_n", self.shrink_n >= 0, "must be >= 0"),
+                 ("min_samples", self.min_samples >= 1, "must be >= 1"),
+                 ("fallback_z", self.fallback_z > 0, "must be > 0"))
+        for name, ok, rule in rules:
+            if not ok:
+                raise ValueError(f"{name}: {rule} (got {getattr(self, name)!r})")
+
+
+@dataclass
+class Scores:
+    """Per row of a scored batch, in input order."""
+
+    score: np.ndarray
+    threshold: np.ndarray
+    is_anomaly: np.ndarray
+    severity: np.ndarray  # object: one of SEVERITIES, or None
+    expected: np.ndarray  # the baseline (NaN while warming up)
+    method: str
+    channel: Optional[np.ndarray] = None  # per alert: deviation, stuck or drift
+
+
+def _grade(ratio: np.ndarray, cuts: tuple[float, ...], flags: np.ndarray) -> np.ndarray:
+    levels = np.searchsorted(np.asarray(cuts), ratio, side="right")
+    out = np.full(flags.size, None, dtype=object)
+    out[flags] = [SEVERITIES[int(i)] for i in levels[flags]]
+    return out
+
+
+def _combine(entity: Any, ts: Any, value: Any, history: Optional[tuple[Any, Any, Any]]):
+    e, t, v = (np.asarray(entity, dtype=np.int64).reshape(-1), np.asarray(ts, dtype=float).reshape(-1),
+               np.asarray(value, dtype=float).reshape(-1))
+    if not (e.shape == t.shape == v.shape):
+        raise ValueError("entity_ids, timestamps and values must have the same length")
+    for name, column in (("values", v), ("timestamps", t)):
+        if not np.all(np.isfinite(column)):
+            raise ValueError(f"{name}[{int(np.flatnonzero(~np.isfinite(column))[0])}]: must be a finite number")
+    if history is None or len(history[0]) == 0:
+        return e, t, v, np.arange(e.size)
+    he, ht, hv = (np.asarray(history[0], dtype=np.int64), np.asarray(history[1], dtype=float),
+                  np.asarray(history[2], dtype=float))
+    return (np.concatenate([he, e]), np.concatenate([ht, t]), np.concatenate([hv, v]),
+            np.arange(he.size, he.size + e.size))
+
+
+def fallback_scores(entity: Any, ts: Any, value: Any, history: Optional[tuple[Any, Any, Any]] = None,
+                    z: float = DetectorSettings.fallback_z) -> Scores:
+    """Per-entity robust Z-score: no model, the entity's own previous observations as reference."""
+    e, t, v, targets = _combine(entity, ts, value, history)
+    f = causal.compute(causal.fit_stats(e[:0], t[:0], v[:0]), e, t, v, targets)
+    score = np.abs(f.r)
+    flags = f.ready & (score > z) & _enough(e, t, targets, FALLBACK_MIN_PRIOR)
+    return Scores(score, np.full(score.size, z), flags, _grade(score / z, _Z_RATIOS, flags), f.baseline, "robust_z",
+                  np.where(flags, "deviation", None))
+
+
+def _enough(entity: np.ndarray, ts: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+    """True where the target row has at least ``k`` earlier rows of its entity."""
+    order, _ids, starts, inverse = causal.groups(entity, ts)
+    position = np.empty(order.size, dtype=np.int64)
+    position[order] = np.arange(order.size)
+    t_sorted = position[targets]
+    return (t_sorted - starts[inverse[t_sorted]]) >= k
+
+
+class TrainedDetector:
+    """The trained artefact of one metric type (see the module docstring)."""
+
+    def __init__(self, stats: causal.EntityStats, forest: IsolationForest, calibration: dict[str, np.ndarray],
+                 metric: dict[str, float], settings: DetectorSettings, trained_until: float, samples: int) -> None:
+        self.feature_version = FEATURE_VERSION
+        self.stats, self.forest = stats, forest
+        self.calibration = calibration  # per entity (aligned with stats.ids): alpha, drift, dev_*, thr_*
+        self.metric = metric
+        self.settings = asdict(settings)
+        self.trained_until, self.samples = trained_until, samples
+
+    def _per_row(self, entity: np.ndarray) -> dict[str, np.ndarray]:
+        index, known = self.stats.lookup(entity)
+        return {k: np.where(known, v[index], self.metric[k]) for k, v in self.calibration.items()}
+
+
+    def score(self, entity_ids: Any, timestamps: Any, values: Any,
+              history: Optional[tuple[Any, Any, Any]] = None) -> Scores:
+        """Score a batch; ``history`` = (entity_ids, timestamps, values) of each entity's previous rows.
+
+        Only rows before each batch row count; give at least the last
+        ``causal.HISTORY`` observations of every entity in the batch
+        (:func:`recent_history`).  Rows without enough history are never alerts.
+        """
+        e, t, v, targets = _combine(entity_ids, timestamps, values, history)
+        f = causal.compute(self.stats, e, t, v, targets)
+        score = np.zeros(targets.size)
+        if f.ready.any():
+            score[f.ready] = -self.forest.score_samples(f.forest_input()[f.ready])
+        cal = self._per_row(e[targets])
+        d = f.deviation()
+        up = d >= 0
+        threshold = np.where(up, cal["thr_pos"], cal["thr_neg"])
+        stuck_limit = -np.log(STUCK_MARGIN * cal["alpha"])
+        dev_limit = np.where(up, cal["dev_pos"], cal["dev_neg"])
+        deviation = f.ready & (score >= threshold - 1e-9) & (np.abs(d) > dev_limit)
+        stuck = f.ready & (f.stuck > stuck_limit)
+        common = np.where(f.drift > 0, self.metric.get("drift_off_pos", 0.0), self.metric.get("drift_off_neg", 0.0))
+        drift = f.ready & f.known & (np.abs(f.drift) > cal["drift"]) & (common == 0)
+        flags = deviation | stuck | drift
+        level = np.where(deviation, np.searchsorted(_RATIOS, np.abs(d) / dev_limit, "right"), -1)
+        level = np.maximum(level, np.where(stuck, np.searchsorted(_NATS, f.stuck - stuck_limit, "right"), -1))
+        level = np.maximum(level, np.where(drift, np.searchsorted(_RATIOS, np.abs(f.drift) / cal["drift"], "right"),
+                                           -1))
+        severity = np.full(targets.size, None, dtype=object)
+        severity[flags] = [SEVERITIES[int(i)] for i in level[flags]]
+        channel = np.full(targets.size, None, dtype=object)
+        for name, mask in (("drift", drift), ("stuck", stuck), ("deviation", deviation)):
+            channel[mask] = name
+        return Scores(score, threshold, flags, severity, f.baseline, "isolation_forest_causal", channel)
+
+    def size(self) -> dict[str, Any]:
+        """Bytes of per-entity state (numpy arrays) and of the forest, for the notes."""
+        import pickle
+
+        arrays = [getattr(self.stats, name) for name in ("ids", "n", "rate", "level_m", "hod", "dow", "profile",
+                                                          "scale", "resolution", "repeat_cost", "mode", "mode_share", "daily",
+                                                          "log_floor")]
+        per_entity = sum(a.nbytes for a in arrays) + sum(a.nbytes for a in self.calibration.values())
+        entities = max(int(self.stats.ids.size), 1)
+        return {"entities": int(self.stats.ids.size), "bytes_per_entity": round(per_entity / entities, 1),
+                "forest_bytes": len(pickle.dumps(self.forest, protocol=pickle.HIGHEST_PROTOCOL)),
+                "total_bytes": len(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))}
+
+
+def recent_history(entity: np.ndarray, ts: np.ndarray, k: int = causal.HISTORY) -> np.ndarray:
+    """Indices of each entity's last ``k`` rows (what a scan must read per entity before its batch)."""
+    order, _ids, starts, inverse = causal.groups(entity, ts)
+    ends = np.r_[starts[1:], order.size]
+    rank_from_end = ends[inverse] - np.arange(order.size)
+    return np.sort(order[rank_from_end <= k])
+
+
+def _per_entity(index: np.ndarray, size: int, values: np.ndarray, fn) -> tuple[np.ndarray, np.ndarray]:
+    """``fn`` of each entity's ``values`` (NaN where it has none) and the counts."""
+    out, n = np.full(size, np.nan), np.zeros(size)
+    order = np.argsort(index, kind="stable")
+    bounds = np.searchsorted(index[order], np.arange(size + 1))
+    for i in range(size):
+        mine = values[order[bounds[i]:bounds[i + 1]]]
+        if mine.size:
+            n[i], out[i] = mine.size, fn(mine)
+    return out, n
+
+
+def _forest_score(forest: IsolationForest, deviation: np.ndarray) -> np.ndarray:
+    """The forest's score of each deviation (its one input column)."""
+    d = np.asarray(deviation, dtype=float)
+    return -forest.score_samples((np.sign(d) * np.log1p(np.abs(d)))[:, None])
+
+
+def _score_threshold(forest: IsolationForest, limit: np.ndarray, sign: float) -> np.ndarray:
+    """The lowest score the forest gives any deviation beyond ``limit`` on that side.
+
+    A forest's score is a noisy, nearly monotone function of the deviation,
+    flat where it saturates; reading it at the limit alone would let that
+    noise reject a larger deviation.  The envelope over a grid of deviations
+    (up to e^8 scales) keeps the forest's judgement and drops the noise.
+    """
+    grid = np.expm1(_GRID)  # deviations 0 .. ~3000 scales, log-spaced
+    scores = _forest_score(forest, sign * grid)
+    envelope = np.minimum.accumulate(scores[::-1])[::-1]  # min over this and every larger deviation
+    at = np.clip(np.searchsorted(grid, np.asarray(limit, dtype=float)), 0, grid.size - 1)
+    return envelope[at]
+
+
+def _limits(x: np.ndarray, index: np.ndarray, size: int, n: np.ndarray, w: np.ndarray, c: float,
+            alpha: np.ndarray, m_alpha: float) -> tuple[np.ndarray, float]:
+    """Per-entity and metric limits of one side of a deviation-like feature ``x`` (see the module docstring)."""
+    m_q, m_beta = _tail(x, c)
+    q_e, _ = _per_entity(index, size, x, lambda y: _tail(y, c)[0])
+    beta_e, _ = _per_entity(index, size, x, lambda y: _tail(y, c)[1])
+    # Shrinkage toward the metric only ever raises a short history's tail, never lowers it:
+    # a new room with a heavy tail of its own is not held to the metric's lighter one.
+    q_e = np.where(n > 0, np.maximum(np.nan_to_num(q_e), w * np.nan_to_num(q_e) + (1 - w) * m_q), m_q)
+    beta_e = np.where(n > 0, np.maximum(np.nan_to_num(beta_e), w * np.nan_to_num(beta_e) + (1 - w) * m_beta), m_beta)
+    # Few exceedances (a daily count has about one in 60 days) make the tail scale uncertain: widen it.
+    beta_e = beta_e * (1 + 1 / np.maximum(n * c, 1.0))
+    # Each side gets half the budget: tail probability alpha / 2 = c * exp(-(D - q) / beta).
+    return q_e + beta_e * np.log(np.maximum(2 * c / alpha, 1.0)), m_q + m_beta * float(np.log(max(2 * c / m_alpha, 1.0)))
+
+
+def _common_drift(stats: causal.EntityStats, now: float) -> dict[str, float]:
+    """Whether many entities moved the same way last week: a change of regime, not one entity's drift.
+
+    From the daily medians before ``now``: each entity's step between its last
+    two weekly medians, in its own scales.  When at least ``COMMON_DRIFT_SHARE``
+    of the entities (and at least 3) stepped the same way by more than one
+    scale, the drift channel is off for that direction until the next training
+    (a new par level for a group of products, a new HVAC schedule).
+    """
+    weekly = causal.weekly_medians(stats.daily)
+    col1 = int(np.floor(now / causal.DAY)) - 7 - stats.day0
+    if stats.ids.size == 0 or col1 - 7 < 0 or col1 >= weekly.shape[1]:
+        return {"drift_off_pos": 0.0, "drift_off_neg": 0.0}
+    step = (weekly[:, col1] - weekly[:, col1 - 7]) / stats.scale
+    known = np.isfinite(step)
+    out = {}
+    for side, moved in (("pos", step > 1.0), ("neg", step < -1.0)):
+        count = int(np.sum(moved & known))
+        out["drift_off_" + side] = float(count >= 3 and count >= COMMON_DRIFT_SHARE * max(int(known.sum()), 1))
+    return out
+
+
+def _tail(values: np.ndarray, c: float) -> tuple[float, float]:
+    """(1 - c) quantile and exponential tail scale (median excess / ln 2) of ``values``."""
+    q = float(np.quantile(values, 1 - c))
+    excess = values[values > q] - q
+    return q, float(np.median(excess)) / np.log(2) if excess.size else 0.0
+
+
+def train(entity: Any, ts: Any, value: Any, settings: DetectorSettings = DetectorSettings(),
+          now: Optional[float] = None) -> Optional[TrainedDetector]:
+    """Fit on one metric type's window (every row before ``now``); None with fewer than ``min_samples`` usable rows."""
+    e, t, v, targets = _combine(entity, ts, value, None)
+    if e.size < settings.min_samples:
+        return None
+    stats = causal.fit_stats(e, t, v)
+    f = causal.compute(stats, e, t, v, targets)
+    causal.fit_scale(stats, f, e)
+    usable = f.ready
+    if usable.sum() < settings.min_samples:
+        return None
+    X = f.forest_input()[usable]
+    forest = IsolationForest(n_estimators=settings.n_estimators, max_samples=min(settings.max_samples, X.shape[0]),
+                             random_state=settings.random_state).fit(X)
+    c, size = settings.contamination, stats.ids.size
+    index, _known = stats.lookup(e[usable])
+    _, n = _per_entity(index, size, np.ones(index.size), np.sum)
+    w = n / (n + settings.shrink_n)  # an entity with shrink_n usable rows is half its own
+    alpha = settings.false_alerts_per_entity_day / np.maximum(stats.rate, 1e-9)
+    m_alpha = settings.false_alerts_per_entity_day / max(float(np.median(stats.rate)), 1e-9)
+    drift_abs = np.abs(f.drift[usable])
+    m_drift = float(np.quantile(drift_abs, 1 - c))
+    e_drift, _ = _per_entity(index, size, drift_abs, lambda x: np.quantile(x, 1 - c))
+    e_drift = np.where(n > 0, w * np.nan_to_num(e_drift) + (1 - w) * m_drift, m_drift)
+    calibration: dict[str, np.ndarray] = {"alpha": alpha, "drift": np.maximum(DRIFT_FACTOR * e_drift, DRIFT_FLOOR)}
+    metric: dict[str, float] = {"alpha": m_alpha, "drift": max(DRIFT_FACTOR * m_drift, DRIFT_FLOOR)}
+    dev = f.deviation()[usable]
+    for side, sign in (("pos", 1.0), ("neg", -1.0)):
+        calibration["dev_" + side], metric["dev_" + side] = _limits(sign * dev, index, size, n, w, c, alpha, m_alpha)
+        # The deviation limit as a forest score: what the forest gives that deviation.
+        calibration["thr_" + side] = _score_threshold(forest, calibration["dev_" + side], sign)
+        metric["thr_" + side] = float(_score_threshold(forest, np.array([metric["dev_" + side]]), sign)[0])
+    metric.update(_common_drift(stats, now if now is not None else float(t.max())))
+    return TrainedDetector(stats.tail(causal.DRIFT_DAYS), forest, calibration, metric, settings,
+                           float(now if now is not None else t.max()), int(X.shape[0]))

@@ -1,0 +1,190 @@
+"""Per-entity state of the causal detector, learnt from the training window (see :mod:`causal`).
+
+Plain numpy arrays aligned with the sorted entity ids; pickled with the model.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+DAY, HOUR = 86400.0, 3600.0
+NO_STATE = np.iinfo(np.int64).min  # the id of the placeholder row of a model-less state
+LEVEL_MIN, LEVEL_MAX = 5, 24
+WEEKLY_MIN_DAYS = 21.0
+DAILY_MIN_DAYS = 3.0
+DRIFT_DAYS = 21
+_MAD, _MEANAD = 1.4826, 1.2533
+
+
+@dataclass
+class EntityStats:
+    """Per-entity state, rows aligned with the sorted ``ids``."""
+
+    ids: np.ndarray  # int64, sorted
+    n: np.ndarray  # observations in the window
+    rate: np.ndarray  # observations per active day
+    level_m: np.ndarray  # int
+    hod: np.ndarray  # (E, 24)
+    dow: np.ndarray  # (E, 7)
+    profile: np.ndarray  # 0 none, 1 hour of day, 2 hour of day + day of week
+    scale: np.ndarray
+    scale_local: np.ndarray  # the scale of r_local's residuals (smaller where busy days move r)
+    resolution: np.ndarray
+    repeat_cost: np.ndarray  # (E, 2): -log P(repeat) after the entity's most common value, after any other
+    mode: np.ndarray  # the entity's most common value (an empty room's 0)
+    mode_share: np.ndarray  # its share of the window's observations
+    daily: np.ndarray  # (E, D) deseasonalised daily medians, day index day0 .. day0 + D - 1
+    day0: int
+    log_floor: np.ndarray  # > 0: the entity is modelled in logs, values clipped at this floor first
+
+    def lookup(self, entity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Index into the arrays for each entity, and whether it is known."""
+        if self.ids.size == 0:
+            return np.zeros(entity.size, dtype=np.int64), np.zeros(entity.size, dtype=bool)
+        index = np.clip(np.searchsorted(self.ids, entity), 0, self.ids.size - 1)
+        return index, self.ids[index] == entity
+
+    def tail(self, days: int) -> "EntityStats":
+        """The same state keeping only the last ``days`` daily medians (what a saved model needs)."""
+        keep = self.daily[:, -days:] if self.daily.shape[1] > days else self.daily
+        return EntityStats(self.ids, self.n, self.rate, self.level_m, self.hod, self.dow, self.profile, self.scale,
+                           self.scale_local, self.resolution, self.repeat_cost, self.mode, self.mode_share, keep, self.day0 + self.daily.shape[1] - keep.shape[1],
+                           self.log_floor)
+
+
+def to_model_space(value: np.ndarray, log_floor: np.ndarray) -> np.ndarray:
+    """log(max(value, floor)) where ``log_floor`` > 0, else the value itself."""
+    logged = np.log(np.maximum(value, np.where(log_floor > 0, log_floor, 1.0)))
+    return np.where(log_floor > 0, logged, value)
+
+
+def slots(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hour of day, day of week with Monday = 0, epoch day) of UTC timestamps."""
+    day = np.floor(ts / DAY).astype(np.int64)
+    return ((ts - day * DAY) // HOUR).astype(np.int64), (day + 3) % 7, day
+
+
+def groups(entity: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Order by (entity, time): (order, ids, group starts, group of each sorted row)."""
+    order = np.lexsort((ts, entity))
+    ids, starts, inverse = np.unique(entity[order], return_index=True, return_inverse=True)
+    return order, ids, starts, inverse
+
+
+def row_median(a: np.ndarray) -> np.ndarray:
+    """Median of each row ignoring NaNs (NaN for an all-NaN row); much faster than ``np.nanmedian`` here."""
+    ordered = np.sort(a, axis=1)  # NaNs sort last
+    count = np.sum(~np.isnan(a), axis=1)
+    lo = np.clip((count - 1) // 2, 0, a.shape[1] - 1)
+    hi = np.clip(count // 2, 0, a.shape[1] - 1)
+    rows = np.arange(a.shape[0])
+    return np.where(count > 0, 0.5 * (ordered[rows, lo] + ordered[rows, hi]), np.nan)
+
+
+def robust_scale(deviations: np.ndarray, axis: Optional[int] = None) -> np.ndarray:
+    """1.4826 x median |d| (d already centred), else 1.2533 x mean |d|; NaNs ignored."""
+    a = np.abs(deviations)
+    mad = _MAD * (row_median(a) if axis == 1 and a.ndim == 2 else np.nanmedian(a, axis=axis))
+    return np.where(mad > 0, mad, _MEANAD * np.nanmean(a, axis=axis))
+
+
+def _group_median(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median of ``values`` per distinct row of the int matrix ``keys``."""
+    order = np.lexsort((values,) + tuple(keys[:, i] for i in range(keys.shape[1] - 1, -1, -1)))
+    k, v = keys[order], values[order]
+    new = np.r_[True, np.any(k[1:] != k[:-1], axis=1)]
+    starts = np.flatnonzero(new)
+    counts = np.diff(np.r_[starts, k.shape[0]])
+    lo, hi = starts + (counts - 1) // 2, starts + counts // 2
+    return k[starts], 0.5 * (v[lo] + v[hi])
+
+
+def _profile(y: np.ndarray, hod: np.ndarray, dow: np.ndarray, day: np.ndarray,
+             span: float, rate: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """(hour-of-day, day-of-week, kind) profile of one entity's (transformed) values ``y``."""
+    p_hod, p_dow = np.zeros(24), np.zeros(7)
+    days, daily = _group_median(day[:, None], y)
+    days = days[:, 0]
+    grid = np.full(days[-1] - days[0] + 7, np.nan)
+    grid[days - days[0] + 3] = daily
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # gaps of a week or more are all-NaN
+        trend = np.nanmedian(sliding_window_view(grid, 7), axis=1)  # centred 7-day running median
+    resid = y - trend[day - days[0]]
+    ok = np.isfinite(resid)  # a gap of a week or more has no running median
+    resid, hod, dow, day = resid[ok], hod[ok], dow[ok], day[ok]
+    kind = 0
+    if rate > 2 and span >= DAILY_MIN_DAYS:
+        for slot in np.unique(hod):
+            if np.sum(hod == slot) >= 3:
+                p_hod[slot] = np.median(resid[hod == slot])
+        resid = resid - p_hod[hod]
+        kind = 1
+    if span >= WEEKLY_MIN_DAYS and resid.size:
+        w, d = dow, day
+        seen = [np.unique(d[w == slot]).size for slot in range(7)]
+        if all(s == 0 or s >= 2 for s in seen):
+            for slot in range(7):
+                if seen[slot]:
+                    p_dow[slot] = np.median(resid[w == slot])
+            kind = 2
+    return p_hod, p_dow, kind
+
+
+def fit_stats(entity: np.ndarray, ts: np.ndarray, value: np.ndarray) -> EntityStats:
+    """Profiles, level windows, repeat costs and drift medians of every entity in the window.
+
+    The scale is left at 1: :func:`fit_scale` sets it from causal residuals.
+    """
+    order, ids, starts, _ = groups(entity, ts)
+    if ids.size == 0:  # no model: one placeholder row no real entity id matches keeps the indexing simple
+        ids, order, starts = np.array([NO_STATE]), np.empty(0, dtype=np.int64), np.array([0])
+    hod, dow, day = slots(ts)
+    day0 = int(day.min()) if day.size else 0
+    n_days = int(day.max()) - day0 + 1 if day.size else 1
+    size = ids.size
+    stats = EntityStats(ids.astype(np.int64), np.zeros(size, dtype=np.int64), np.zeros(size), np.zeros(size, dtype=int),
+                        np.zeros((size, 24)), np.zeros((size, 7)), np.zeros(size, dtype=int), np.ones(size),
+                        np.ones(size), np.zeros(size), np.zeros((size, 2)), np.zeros(size), np.zeros(size), np.full((size, n_days), np.nan), day0,
+                        np.zeros(size))
+    for i, rows in enumerate(np.split(order, starts[1:]) if order.size else []):
+        v = value[rows]
+        active = np.unique(day[rows]).size
+        span = float(ts[rows[-1]] - ts[rows[0]]) / DAY
+        stats.n[i] = rows.size
+        stats.rate[i] = rows.size / active
+        stats.level_m[i] = int(np.clip(round(stats.rate[i]), LEVEL_MIN, LEVEL_MAX))
+        distinct = np.unique(v)
+        stats.resolution[i] = float(np.min(np.diff(distinct))) if distinct.size > 1 else max(abs(v[0]) * 1e-3, 1e-6)
+        if np.all(v > 0):  # multiplicative noise and profiles: work with logs (see the module docstring)
+            stats.log_floor[i] = 0.5 * stats.resolution[i]
+            stats.resolution[i] = stats.resolution[i] / float(np.median(v))
+        y = to_model_space(v, np.full(v.size, stats.log_floor[i]))
+        stats.hod[i], stats.dow[i], stats.profile[i] = _profile(y, hod[rows], dow[rows], day[rows], span,
+                                                                stats.rate[i])
+        values, counts = np.unique(v, return_counts=True)
+        stats.mode[i] = values[np.argmax(counts)]
+        stats.mode_share[i] = counts.max() / v.size
+        for j, pick in enumerate((v[:-1] == stats.mode[i], v[:-1] != stats.mode[i])):
+            pairs = int(pick.sum())
+            same = np.sum((v[1:] == v[:-1])[pick]) / pairs if pairs else 0.0
+            stats.repeat_cost[i, j] = -np.log(np.clip(same, 1.0 / (pairs + 2), 0.99))
+        deseason = y - stats.hod[i][hod[rows]] - stats.dow[i][dow[rows]]
+        days, med = _group_median(day[rows, None], deseason)
+        stats.daily[i, days[:, 0] - day0] = med
+    return stats
+
+
+def weekly_medians(daily: np.ndarray) -> np.ndarray:
+    """Median of each 7-day block ``[j, j + 7)`` of the daily medians (NaN with fewer than 3 days)."""
+    padded = np.concatenate([daily, np.full((daily.shape[0], 7), np.nan)], axis=1)
+    windows = sliding_window_view(padded, 7, axis=1)[:, : daily.shape[1] + 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows
+        med = np.nanmedian(windows, axis=2)
+    med[np.sum(~np.isnan(windows), axis=2) < 3] = np.nan
+    return med
