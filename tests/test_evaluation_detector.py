@@ -6,7 +6,7 @@ import pickle
 import numpy as np
 import pytest
 
-from utils.ml.evaluation import detector as D
+from utils.ml.detector import model as D
 from utils.ml.evaluation.data import DAY, HOUR
 
 T0 = 1_736_121_600.0  # 2025-01-06 00:00 UTC, a Monday

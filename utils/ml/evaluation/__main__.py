@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from utils.ml.evaluation import data as datamod
 from utils.ml.evaluation.baselines import DETECTORS, NewDetector
-from utils.ml.evaluation.detector import DetectorSettings
+from utils.ml.detector.model import DetectorSettings
 from utils.ml.evaluation.report import full_report
 from utils.ml.evaluation.simulator import HotelConfig, simulate
 from utils.ml.evaluation.walkforward import WalkForwardConfig, combine, evaluate

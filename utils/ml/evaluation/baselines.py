@@ -21,7 +21,7 @@ observations of the previous 7 days (at least 10), ``|z| > 3.5``.
 contamination 0.02) on the raw value, fitted on the entity's window rows
 (at least 50); refitted every ``refit_days`` (7) because a daily refit of
 ~190 forests costs ~50 s a day here; entities without a forest raise nothing.
-``e_new``: :mod:`utils.ml.evaluation.detector`.
+``e_new``: :mod:`utils.ml.detector.model`.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 from sklearn.ensemble import IsolationForest
 
-from utils.ml.evaluation import detector as new_detector
+from utils.ml.detector import model as new_detector
 from utils.ml.evaluation.data import DAY, NO_ENTITY, Series
 
 ZSCORE_THRESHOLD = 3.5

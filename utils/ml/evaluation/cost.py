@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from utils.ml.evaluation import causal
-from utils.ml.evaluation import detector as new_detector
+from utils.ml.detector import causal
+from utils.ml.detector import model as new_detector
 from utils.ml.evaluation.baselines import TodayModel
 from utils.ml.evaluation.data import DAY, Series
 

@@ -62,7 +62,7 @@ from typing import Any, Optional
 import numpy as np
 from sklearn.ensemble import IsolationForest
 
-from utils.ml.evaluation import causal
+from utils.ml.detector import causal
 
 FEATURE_VERSION = 2
 SEVERITIES = ("low", "medium", "high", "critical")

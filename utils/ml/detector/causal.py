@@ -56,7 +56,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils.ml.evaluation.state import (  # noqa: F401  (re-exported: the detector and tests use causal.*)
+from utils.ml.detector.state import (  # noqa: F401  (re-exported: the detector and tests use causal.*)
     DAILY_MIN_DAYS, DAY, DRIFT_DAYS, HOUR, LEVEL_MAX, LEVEL_MIN, NO_STATE, WEEKLY_MIN_DAYS, EntityStats, fit_stats,
     groups, robust_scale, row_median, slots, to_model_space, weekly_medians,
 )

@@ -1,0 +1,8 @@
+"""The causal per-entity Isolation Forest detector (feature version 2).
+
+``model`` trains a :class:`~utils.ml.detector.model.TrainedDetector` per
+metric type and scores observations against each entity's own causal
+baseline; ``state`` and ``causal`` hold the per-entity state and the causal
+features.  Pickled detectors refer to these module paths: keep them stable
+(or leave aliases), as ``utils.ml.features`` is kept for feature version 1.
+"""
