@@ -198,6 +198,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ML_CONTAMINATION", _float(0.0001, 0.5), 0.02, "expected share of anomalies (sets the threshold)"),
     Setting("ML_N_ESTIMATORS", _int(10), 200, "trees per Isolation Forest"),
     Setting("ML_SCAN_BATCH_SIZE", _int(100), 20000, "observations scored per scan transaction"),
+    # Reading the next batches on a second thread while this one scores lets a
+    # scan use both cores (PostgreSQL; SQLite always reads in the scan's transaction).
+    Setting("ML_SCAN_READ_AHEAD", _int(0, 16), 2,
+            "scan batches read ahead on a second connection while one is scored (0: read in turn)"),
     # Retention (the cleanup job; flask ml retention --dry-run counts); 0 keeps everything.
     # See README "Retention" for why these defaults; the rules against the
     # training window are checked in _check_together.
