@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         dbutil.drop_pg_database(name)
         subprocess.run(["rm", "-rf", str(workdir)], check=False, timeout=120)
+    report["database"] = name  # created for this run and dropped at its end
     report["duration_seconds"] = round(time.perf_counter() - started, 1)
     report["machine"]["load_average_at_end"] = load_average()
     args.output.parent.mkdir(parents=True, exist_ok=True)
