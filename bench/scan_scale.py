@@ -6,6 +6,7 @@ chain it loads N observations over 400 days with one binary COPY
 (:mod:`bench.scan_data`), trains the three models on the last 30 days with
 the real trainer, then, side by side in one run:
 
+* how much of ``score_samples`` runs without the GIL (:mod:`bench.gil`);
 * the raw rate: ``score_samples`` of the active models on one thread over
   ``--raw-rows`` observations already in memory, timed before and after
   the scan (the machine is shared: both are reported, the ratio uses their
@@ -59,6 +60,22 @@ def _reset_scan(engine: sa.Engine) -> None:
         conn.execute(sa.text("DELETE FROM ml_scan_watermarks"))
 
 
+def _gil_share(batch_size: int) -> dict[str, Any]:
+    """The GIL-free share of one batch's ``score_samples`` (:mod:`bench.gil`) with a real model."""
+    from bench.gil import gil_free_share
+    from utils.extensions import db
+    from utils.ml.model_manager import get_model_manager
+    from utils.ml.pipeline.batch import read_page
+    from utils.ml.pipeline.features import MODEL_TYPE, model_input
+
+    connection = db.session.connection()
+    page = read_page(connection.connection.dbapi_connection, "postgresql", "stok_seviye", 0, 2**62, batch_size)
+    db.session.rollback()
+    model = get_model_manager().load_model_from_file(MODEL_TYPE, "stok_seviye")
+    matrix = model_input(model, page.matrix)
+    return {"rows": len(page), **gil_free_share(lambda: model.score_samples(matrix))}
+
+
 def _progress(message: str) -> None:
     print(f"bench.scan_scale: {message}", file=sys.stderr, flush=True)
 
@@ -95,6 +112,7 @@ def run(args: argparse.Namespace, url: str, workdir: Path) -> dict[str, Any]:
             per_type = args.raw_rows // len(TYPES)
             _progress("raw score_samples rate ...")
             report["raw_before"] = raw_rate(list(TYPES), per_type)
+            report["score_samples_gil"] = _gil_share(report["training"]["batch_size"])
         _progress(f"scan of {args.rows:,} ...")
         report["scan"] = _scan(url, models_dir, report["training"]["read_ahead"])
         if args.in_turn:
@@ -178,6 +196,9 @@ def render(report: dict[str, Any]) -> str:
     lines.append(f"  raw score_samples, one thread       {report['raw_before']['rows']:>11,}  before "
                  f"{report['raw_before']['rows_per_second']:,} / after {report['raw_after']['rows_per_second']:,}"
                  f" rows/s (mean {raw:,})")
+    gil = report["score_samples_gil"]
+    lines.append(f"score_samples of one batch ({gil['rows']:,} rows) leaves the GIL free {gil['gil_free_share']:.0%} "
+                 f"of the time (a probe thread's progress beside it; beside pure Python {gil['control_share']:.0%})")
     if "retention" in report:
         r = report["retention"]
         lines.append(f"retention 180 days: deleted {r['observations_deleted']:,} in {r['seconds']} s "
