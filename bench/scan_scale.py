@@ -36,7 +36,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bench.env import ROOT, load_average, machine_description
+from bench.env import ROOT, machine_description, write_report
 from tests import dbutil
 
 RESULTS = ROOT / "bench" / "results" / "scan-10m.json"
@@ -167,12 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         dbutil.drop_pg_database(name)
         subprocess.run(["rm", "-rf", str(workdir)], check=False, timeout=120)
     report["database"] = name  # created for this run and dropped at its end
-    report["duration_seconds"] = round(time.perf_counter() - started, 1)
-    report["machine"]["load_average_at_end"] = load_average()
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(render(report))
-    print(f"wrote {args.output}")
+    write_report(report, started, args.output, render)
     return 0
 
 
