@@ -23,7 +23,7 @@ from utils.web.api import schemas
 from utils.web.api import OPERATIONS, api_document
 
 OPENAPI_PATH = "/api/ml/openapi.json"
-AUTH = {"Authorization": "Bearer test-admin-token"}
+AUTH = {"Authorization": "Bearer test-admin-token-0123456789"}
 
 
 def seed(app) -> None:

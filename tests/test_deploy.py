@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
-SECRETS = ("ML_ADMIN_TOKEN", "POSTGRES_PASSWORD")
+SECRETS = ("ML_ADMIN_TOKEN", "SECRET_KEY", "POSTGRES_PASSWORD")
 
 
 # --------------------------------------------------------------------- helpers
@@ -61,7 +61,8 @@ def compose(args: list[str], tmp_path: Path, **env: str) -> subprocess.Completed
     )
 
 
-REQUIRED_ENV = {"ML_ADMIN_TOKEN": "tok-from-env-7f3a", "POSTGRES_PASSWORD": "pw-from-env-91c2"}
+REQUIRED_ENV = {"ML_ADMIN_TOKEN": "tok-from-env-7f3a-0123456789abcdef", "SECRET_KEY": "key-from-env-5e1d",
+                "POSTGRES_PASSWORD": "pw-from-env-91c2"}
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +188,7 @@ def test_compose_secrets_have_no_default_and_come_from_the_environment(rendered)
     for name in ("app", "scheduler"):
         env = services[name]["environment"]
         assert env["ML_ADMIN_TOKEN"] == token
+        assert env["SECRET_KEY"] == REQUIRED_ENV["SECRET_KEY"] != token
         url = sa.engine.make_url(env["DATABASE_URL"])
         assert (url.host, url.port, url.password) == ("db", 5432, password)
         assert url.database == services["db"]["environment"]["POSTGRES_DB"]

@@ -36,7 +36,7 @@ from tests.promutil import Samples, matching, parse, value
 from tests.procutil import VENV_BIN, base_env, free_port, start, stop_group, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
-TOKEN = "gunicorn-metrics-token"
+TOKEN = "gunicorn-metrics-token-0123456789"
 METRIC_TYPES = ("stok_seviye", "tuketim_miktar", "dolum_sure")
 UNTRAINED = "minibar_new"
 # Series that legitimately change between two scrapes a moment apart.
