@@ -23,6 +23,7 @@ from utils.settings import BASE_DIR, ConfigError, load_settings
 COMPONENTS = (
     "utils.logging_setup",
     "utils.web.errors",
+    "utils.web.security",
     "utils.web.health",
     "utils.ml.model_manager",
     "utils.cli",

@@ -20,7 +20,7 @@ from utils.models import MLAlert
 from utils.web.api import OPERATIONS
 
 README = procutil.ROOT / "README.md"
-TOKEN = "readme-token"
+TOKEN = "readme-token-0123456789abcdef"
 
 
 def readme_block() -> str:

@@ -36,7 +36,7 @@ from tests.promutil import Samples, matching, parse, value
 from tests.procutil import VENV_BIN, base_env, free_port, start, stop_group, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
-TOKEN = "gunicorn-metrics-token"
+TOKEN = "gunicorn-metrics-token-0123456789"
 METRIC_TYPES = ("stok_seviye", "tuketim_miktar", "dolum_sure")
 UNTRAINED = "minibar_new"
 # Series that legitimately change between two scrapes a moment apart.
@@ -208,7 +208,9 @@ def test_every_series_is_present_after_real_activity(served):
     assert value(samples, "ml_model_load_seconds_count", source="file") >= 1
     assert value(samples, "ml_model_load_seconds_count", source="cache") >= 1
     assert value(samples, "ml_model_load_seconds_count", source="database") == 0
-    fallbacks = matching(samples, "ml_model_fallbacks_total", metric_type=UNTRAINED, reason="no_active_model")
+    # A metric type the service knows no model of is labelled "other" (bounded label values, issue 12).
+    assert not matching(samples, "ml_model_fallbacks_total", metric_type=UNTRAINED)
+    fallbacks = matching(samples, "ml_model_fallbacks_total", metric_type="other", reason="no_active_model")
     assert sum(fallbacks.values()) >= 2 * served.detect_sources.get("none", 0) > 0
     for job, status, runs in (("train_models", "success", 3), ("anomaly_scan", "success", 1),
                               ("cleanup_models", "failed", 1), ("cleanup_models", "success", 1)):

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 import requests
+from flask import Flask
+from flask.sessions import SecureCookieSessionInterface
 
 from tests.procutil import ROOT, copy_tree, free_port
 
@@ -98,6 +100,16 @@ def test_quickstart_serves_a_trained_system(fresh_tree):
         signed_in = browser.post(f"{base}/ml/dashboard/login", timeout=10, allow_redirects=False,
                                  data={"csrf_token": CSRF.search(login).group(1), "token": token})
         assert signed_in.status_code == 302
+        # The cookie is signed with the generated SECRET_KEY kept in instance/ (this user only), never the token.
+        key_file = fresh_tree / "instance" / "secret_key"
+        key = key_file.read_text().strip()
+        assert len(key) == 64 and key != token and key_file.stat().st_mode & 0o077 == 0
+        signer = SecureCookieSessionInterface().get_signing_serializer(Flask("quickstart-test"))
+        assert signer is None  # no key, no serializer: the check below really uses the file's key
+        keyed = Flask("quickstart-test")
+        keyed.secret_key = key
+        serializer = SecureCookieSessionInterface().get_signing_serializer(keyed)
+        assert "ml_sid" in serializer.loads(browser.cookies["session"])
         page = browser.get(f"{base}/ml/dashboard", timeout=10).text
         panel = page[page.index('id="jobs"'):]
         assert "No job has run yet" not in panel

@@ -111,7 +111,7 @@ def test_the_model_detail_names_the_bucket_and_key_and_never_a_credential(s3app,
     with s3app.app_context():
         get_model_manager().save_model(make_model(1), "isolation_forest", "stok_seviye")
         row = db.session.query(MLModel).one()
-    response = client.get(f"/api/ml/models/{row.id}", headers={"Authorization": "Bearer test-admin-token"})
+    response = client.get(f"/api/ml/models/{row.id}", headers={"Authorization": "Bearer test-admin-token-0123456789"})
     assert response.status_code == 200, response.get_json()
     store = response.get_json()["storage_location"]["store"]
     assert store == {
@@ -193,7 +193,7 @@ def test_a_model_trained_by_one_process_is_used_by_another_within_one_cache_ttl(
     with app.app_context():
         small_hotel()
     dbutil.dispose(app)
-    common = dict(DATABASE_URL=database_url, ML_STORE_URL=f"s3://{bucket}/models", ML_ADMIN_TOKEN="t",
+    common = dict(DATABASE_URL=database_url, ML_STORE_URL=f"s3://{bucket}/models", ML_ADMIN_TOKEN="t" * 24,
                   ML_CACHE_TTL_SECONDS=str(ttl), ML_N_ESTIMATORS="20", ML_LOG_LEVEL="warning",
                   FLASK_APP="app:app", PYTHONPATH=str(ROOT), **server.env())
     trainer_dir, watcher_dir = tmp_path / "host-a", tmp_path / "host-b"

@@ -155,8 +155,23 @@ class Setting:
         return self.key or self.env
 
 
+# Shorter tokens fall to an online or offline guessing run too soon (issue 12).
+MIN_TOKEN_LENGTH = 24
+
+
+def _admin_token(name: str, raw: str) -> str:
+    """The admin token: at least MIN_TOKEN_LENGTH characters.  The refusal never shows the token itself."""
+    token = raw.strip()
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(name, f"<{len(token)} characters>",
+                          f"must be at least {MIN_TOKEN_LENGTH} characters (generate one with "
+                          "python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    return token
+
+
 def _secret_key(values: Mapping[str, Any]) -> str:
-    return values.get("ML_ADMIN_TOKEN") or os.urandom(32).hex()
+    # Never the admin token: a cookie signed with it would let anyone test token guesses offline.
+    return os.urandom(32).hex()
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -166,11 +181,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ML_MODELS_DIR", _text, str(BASE_DIR / "ml_models"), "model files (a path or file:// URL)"),
     Setting("ML_ENABLED", _bool, True, "false: no jobs, ML endpoints answer 503"),
     Setting("ML_SCHEDULER_ENABLED", _bool, False, "run the scheduled jobs in this process (gunicorn workers)"),
-    Setting("ML_ADMIN_TOKEN", _text, None, "bearer token of the API and the dashboard sign-in; unset: they refuse"),
+    Setting("ML_ADMIN_TOKEN", _admin_token, None,
+            f"bearer token of the API and the dashboard sign-in, at least {MIN_TOKEN_LENGTH} characters; "
+            "unset: they refuse"),
     Setting("ML_KEEP_VERSIONS", _int(1), 3, "versions kept per (model_type, metric_type) by cleanup"),
     Setting("ML_MAX_MODEL_MB", _float(0.001), 10.0, "largest model file saved or loaded"),
-    Setting("SECRET_KEY", _text, Derived(_secret_key, "ML_ADMIN_TOKEN, else random per process"),
-            "signs the dashboard session cookie (must be equal in every worker)"),
+    Setting("SECRET_KEY", _text, Derived(_secret_key, "random per process"),
+            "signs the dashboard session cookie; set it (equal in every worker and process), never to the token"),
     # The model store.
     # Off by default: the benchmarks show decompression costs more load time than it saves disk.
     Setting("ML_COMPRESS_MODELS", _bool, False, "write new models gzip-compressed (.pkl.gz)"),
@@ -222,6 +239,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ML_METRICS_ADDR", _text, "0.0.0.0", "address of that metrics server"),
     Setting("ML_LOG_FORMAT", _choice("json", "text"), "json", "one JSON object per line, or text for people"),
     Setting("ML_LOG_LEVEL", _choice("debug", "info", "warning", "error", "critical"), "info", "root log level"),
+    # Failed sign-ins and bearer tokens, counted per client address in the database (all workers).
+    Setting("ML_AUTH_MAX_FAILURES", _int(1), 10, "failed authentications per client address per window"),
+    Setting("ML_AUTH_WINDOW_SECONDS", _float(1.0), 300.0, "the window those failures are counted in"),
+    Setting("ML_AUTH_LOCKOUT_SECONDS", _float(1.0), 900.0,
+            "after too many failures the address gets 429 (Retry-After) for this long, right token or not"),
     Setting("ML_DASHBOARD_SECURE_COOKIE", _bool, False, "mark the session cookie Secure (HTTPS only)",
             key="SESSION_COOKIE_SECURE"),
     Setting("ML_DASHBOARD_SESSION_HOURS", _hours(0.01), timedelta(hours=12), "dashboard sign-in lifetime (hours)",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from flask import Blueprint, Flask, current_app, jsonify
 from sqlalchemy import text
@@ -19,6 +20,20 @@ def health():
     return jsonify({"status": "ok"})
 
 
+def _public_error(exc: BaseException, hide: tuple[str, ...] = ()) -> str:
+    """What an unauthenticated caller may see of a failed check: never a path or a database host.
+
+    A database error is named by its class only (the driver's text names the
+    host); other messages have each string of ``hide`` replaced by ``ML_MODELS_DIR``.
+    """
+    if hasattr(exc, "orig"):  # SQLAlchemy's wrapper of a driver error
+        return exc.__class__.__name__
+    message = str(exc)
+    for secret in sorted({h for h in hide if h}, key=len, reverse=True):
+        message = message.replace(secret, "ML_MODELS_DIR")
+    return message
+
+
 def readiness_checks() -> dict[str, dict]:
     """Run each readiness check; every entry has ``ok`` and, when failing, ``error``."""
     checks: dict[str, dict] = {}
@@ -29,12 +44,14 @@ def readiness_checks() -> dict[str, dict]:
         checks["database"] = {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 2)}
     except Exception as exc:  # any driver error means "not ready"
         db.session.rollback()
-        checks["database"] = {"ok": False, "error": f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"}
+        checks["database"] = {"ok": False, "error": _public_error(exc)}
     try:
         open_store(current_app.config["ML_MODELS_DIR"]).check_writable()
-        checks["models_dir"] = {"ok": True, "path": current_app.config["ML_MODELS_DIR"]}
+        checks["models_dir"] = {"ok": True}
     except (OSError, ModelStoreError, ValueError) as exc:
-        checks["models_dir"] = {"ok": False, "error": str(exc), "path": current_app.config["ML_MODELS_DIR"]}
+        configured = current_app.config["ML_MODELS_DIR"]
+        hide = (configured, str(Path(configured).expanduser().resolve()), configured.removeprefix("file://"))
+        checks["models_dir"] = {"ok": False, "error": _public_error(exc, hide)}
     store = store_readiness(current_app)  # ML_STORE_URL only: a probe object, its answer kept a few seconds
     if store is not None:
         checks["model_store"] = store

@@ -108,10 +108,14 @@ def _parse_path(adapters: dict[str, TypeAdapter], values: dict[str, str]) -> dic
     parsed = {}
     for name, raw in values.items():
         try:
-            parsed[name] = adapters[name].validate_python(raw, strict=False)
+            value = adapters[name].validate_python(raw, strict=False)
         except ValidationError as exc:
             errors = [{"field": name, "rule": rule_text(e)} for e in exc.errors(include_url=False)]
             raise _invalid(_summary("invalid path", errors), errors) from None
+        # Lax parsing reads " 1", "1.0" and "+1" as 1; only the plain digits name resource 1.
+        if isinstance(value, int) and not (raw.isascii() and raw.isdigit()):
+            raise ApiError(404, f"{name} {raw!r} names nothing: ids are plain digits, such as {value}")
+        parsed[name] = value
     return parsed
 
 
@@ -132,6 +136,10 @@ def _parse_query(model: type[BaseModel]) -> BaseModel:
 
 def _parse_body(model: type[BaseModel], required: bool, error_builder: Callable[[ValidationError], list]) -> BaseModel:
     data = request.get_data(cache=False)
+    if request.content_length is None and len(data) >= MAX_BODY_BYTES:
+        # A chunked body is cut at the limit by werkzeug without an error; what
+        # was read is then "malformed JSON" (400).  Reaching the limit is the error.
+        raise ApiError(413, f"request body too large (the limit is {MAX_BODY_BYTES // 2**20} MB)")
     # RFC 8259 lets a parser ignore a UTF-8 byte order mark; some Windows tools send one.
     data = data.removeprefix(b"\xef\xbb\xbf")
     if not data.strip():

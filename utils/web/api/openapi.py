@@ -28,6 +28,7 @@ ERROR_DESCRIPTIONS = {
     409: "Conflict: the model file failed verification, or the same job is already running",
     413: "Request body too large",
     415: "Content-Type is not application/json",
+    429: "Too many wrong tokens from this client address: locked out for `Retry-After` seconds, right token or not",
     500: "The job ran and failed; the run is recorded as failed in ml_job_runs with its traceback",
     503: "ML_ADMIN_TOKEN not configured, ML subsystem disabled (ML_ENABLED=false) or database unavailable",
 }
@@ -58,7 +59,7 @@ class Operation:
 
     @property
     def error_statuses(self) -> list[int]:
-        statuses = {401, 503, *self.errors}
+        statuses = {401, 429, 503, *self.errors}
         if self.query or self.body or self.path_params:
             statuses.add(400)
         if self.path_params:
@@ -139,6 +140,9 @@ def build_document(operations: list[Operation], *, title: str, version: str, des
             responses[str(status)] = {"description": ERROR_DESCRIPTIONS[status], "content": _json_content(error_ref)}
         responses["401"]["headers"] = {
             "WWW-Authenticate": {"description": "the scheme to use: Bearer", "schema": {"type": "string"}}
+        }
+        responses["429"]["headers"] = {
+            "Retry-After": {"description": "seconds until this address may try again", "schema": {"type": "integer"}}
         }
         entry: dict[str, Any] = {
             "operationId": op.endpoint,
