@@ -236,6 +236,9 @@ def ingest_observations(items: list[dict[str, Any]], *, max_items: int = 10000) 
 def _csv_value(column: str, raw: Optional[str]) -> Any:
     """Turn a CSV cell into what :class:`ObservationIn` validates; raise ValueError with the rule."""
     text = (raw or "").strip()
+    # PostgreSQL text cannot hold U+0000: say so, rather than a parser's "control character".
+    if "\x00" in text:
+        raise ValueError("must not contain the NUL character (\\u0000)")
     if column == "entity_id":
         if text == "":
             return None

@@ -37,6 +37,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from utils.extensions import db
 from utils.ml import events
 from utils.ml.anomaly_detector import AnomalyDetector
+from utils.ml.pipeline import bad_rows
 from utils.ml.pipeline.batch import ObservationBatch
 from utils.ml.pipeline.detection import DetectorChain, load_reference_values
 from utils.ml.pipeline.features import MODEL_TYPE
@@ -99,8 +100,12 @@ _BATCH_SQL = ("SELECT id, entity_id, metric_value FROM ml_metrics "
               "WHERE metric_type = {p} AND id > {p} AND id <= {p} ORDER BY id LIMIT {p}")
 
 
-def _fetch_batch(metric_type: str, after: int, upto: int, limit: int) -> ObservationBatch:
+def _fetch_batch(metric_type: str, after: int, upto: int, limit: int) -> tuple[ObservationBatch, Optional[int], int]:
     """The next batch, read through the DBAPI cursor of the session's connection (same transaction).
+
+    Returns (usable observations, the last id read or None when nothing was
+    read, how many rows were dropped as unusable).  The watermark moves to the
+    last id *read*, so a bad row is stepped over once, not re-read forever.
 
     Plain tuples straight into one numpy conversion: building a SQLAlchemy
     Row per observation cost four times the query itself on a million rows.
@@ -115,7 +120,9 @@ def _fetch_batch(metric_type: str, after: int, upto: int, limit: int) -> Observa
         cursor.close()
     # None -> NaN in the same C-level pass; float64 holds ids exactly up to 2**53.
     table = np.array(rows, dtype=float).reshape(-1, 3)
-    return ObservationBatch.from_arrays(table[:, 2], table[:, 1], table[:, 0].astype(np.int64))
+    last_id = int(rows[-1][0]) if rows else None
+    table, dropped = bad_rows.finite_table(table, 2)
+    return ObservationBatch.from_arrays(table[:, 2], table[:, 1], table[:, 0].astype(np.int64)), last_id, dropped
 
 
 def _alert_rows(metric_type: str, batch: ObservationBatch, scores: Scores, chain: DetectorChain) -> list[dict]:
@@ -218,7 +225,7 @@ def scan_metric_type(metric_type: str, *, batch_size: Optional[int] = None,
     detector = detector or AnomalyDetector(db)
     summary: dict[str, Any] = {"metric_type": metric_type, "scanned": 0, "alerts": 0, "duplicates_ignored": 0,
                                "batches": 0, "method": None, "model_id": None, "source": None, "load_ms": None,
-                               "fallback_reasons": [], "watermark": None, "seconds": None}
+                               "fallback_reasons": [], "watermark": None, "seconds": None, "bad_rows": 0}
     _ensure_watermark(metric_type)
     upper = settled_upper_bound(metric_type)
     summary["watermark"] = db.session.execute(
@@ -235,14 +242,14 @@ def scan_metric_type(metric_type: str, *, batch_size: Optional[int] = None,
             if watermark >= upper:
                 db.session.rollback()
                 break
-            batch = _fetch_batch(metric_type, watermark, upper, batch_size)
-            if len(batch) == 0:
+            batch, last_id, dropped = _fetch_batch(metric_type, watermark, upper, batch_size)
+            if last_id is None:
                 db.session.rollback()
                 break
-            scores = chain.score(batch)
-            rows = _alert_rows(metric_type, batch, scores, chain)
-            inserted = insert_alerts(rows)
-            new_watermark = int(batch.observation_ids[-1])
+            summary["bad_rows"] += dropped
+            rows = _alert_rows(metric_type, batch, chain.score(batch), chain) if len(batch) else []
+            inserted = insert_alerts(rows) if rows else 0
+            new_watermark = last_id
             db.session.execute(
                 update(ScanWatermark).where(ScanWatermark.metric_type == metric_type)
                 .values(last_observation_id=new_watermark, updated_at=utcnow())
@@ -260,6 +267,7 @@ def scan_metric_type(metric_type: str, *, batch_size: Optional[int] = None,
     except BaseException:
         db.session.rollback()
         raise
+    bad_rows.report("anomaly_scan", metric_type, summary["bad_rows"])
     if summary["batches"]:
         summary.update(method=chain.method, model_id=chain.model_id, source=chain.source,
                        load_ms=round(chain.load_ms, 3), fallback_reasons=list(chain.fallback_reasons))
@@ -298,6 +306,7 @@ def run_scan(metric_type: Optional[str] = None) -> dict[str, Any]:
         "metric_types": per_type,
         "scanned": sum(v.get("scanned", 0) for v in per_type.values()),
         "alerts": sum(v.get("alerts", 0) for v in per_type.values()),
+        "bad_rows": sum(v.get("bad_rows", 0) for v in per_type.values()),
         "errors": errors,
         "seconds": round(time.perf_counter() - started, 3),
     }
