@@ -36,6 +36,7 @@ from typing import Any, Optional
 from flask import Flask, current_app
 from sqlalchemy.exc import IntegrityError
 
+from utils.db_bounds import JOB, bounds_profile
 from utils.extensions import db
 from utils.ml import events
 from utils.ml.jobs.definitions import JOBS, Job, JobError, UnknownJobError, get_job
@@ -109,8 +110,9 @@ def _run(job: Job, run_id: int, trigger: str, scheduled_for: datetime, details: 
     events.emit("job_started", f"job {job.name} started ({trigger})", **fields, status=STATUS_RUNNING)
     started = time.perf_counter()
     try:
-        result = job.func(actor, **params)
-        db.session.commit()  # a job that forgot to commit must not lose its work
+        with bounds_profile(JOB):  # a job's own, longer database bounds (utils.db_bounds)
+            result = job.func(actor, **params)
+            db.session.commit()  # a job that forgot to commit must not lose its work
     except Exception as exc:
         error = traceback.format_exc()
         db.session.rollback()

@@ -219,8 +219,15 @@ class LocalModelStore(ModelStore):
             fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".probe", dir=self.root)
         except OSError as exc:
             raise ModelStoreError(f"models directory {self.root} is not writable: {exc.strerror}") from exc
-        os.close(fd)
-        os.unlink(name)
+        try:
+            # A real byte, flushed to the device: creating an empty file succeeds on a full disk.
+            os.write(fd, b"\0")
+            os.fsync(fd)
+        except OSError as exc:
+            raise ModelStoreError(f"models directory {self.root} cannot take a 1-byte write: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+            os.unlink(name)
 
     def disk_usage(self) -> dict[str, float]:
         usage = shutil.disk_usage(self.root)
