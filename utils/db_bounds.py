@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import select
 import threading
 import time
@@ -64,7 +65,14 @@ _profile: contextvars.ContextVar[str] = contextvars.ContextVar("ml_db_bounds_pro
 _bounds: dict[str, Bounds] = {}
 _settings = {"connect_s": 3.0, "breaker_s": 5.0}
 _breaker_lock = threading.Lock()
-_breaker = {"open_until": 0.0, "reason": ""}
+_breaker = {"open_until": 0.0, "reason": "", "trips": 0}
+# Request-profile threads allowed to wait on the database at once (per process):
+# one worker thread fewer than gunicorn has, so one is always free for /health.
+_waiters = {"slots": threading.BoundedSemaphore(3)}
+# How long a request waits for such a slot before it is answered 503.
+SLOT_WAIT_SECONDS = 0.02
+# How often a waiting thread looks whether another one has tripped the breaker.
+RECHECK_SECONDS = 0.1
 
 
 def configure(config: Mapping[str, Any]) -> None:
@@ -79,6 +87,16 @@ def configure(config: Mapping[str, Any]) -> None:
                           job_statement + GRACE_SECONDS, False)
     _settings["connect_s"] = float(config["ML_DB_CONNECT_TIMEOUT_SECONDS"])
     _settings["breaker_s"] = float(config["ML_DB_BREAKER_SECONDS"])
+    _waiters["slots"] = threading.BoundedSemaphore(max(1, _server_threads() - 1))
+
+
+def _server_threads() -> int:
+    from utils.settings import ConfigError, load_server_settings
+
+    try:
+        return int(load_server_settings(os.environ)["GUNICORN_THREADS"])
+    except ConfigError:  # gunicorn.conf.py reports it; here the default will do
+        return 4
 
 
 def current_profile() -> str:
@@ -110,6 +128,7 @@ def trip(reason: str) -> None:
     with _breaker_lock:
         _breaker["open_until"] = time.monotonic() + _settings["breaker_s"]
         _breaker["reason"] = reason
+        _breaker["trips"] += 1
 
 
 def reset_breaker() -> None:
@@ -127,33 +146,60 @@ def check_breaker() -> None:
 
 
 # ------------------------------------------------------------ wait callback
-def _wait(conn: Any) -> None:
-    """psycopg2's wait callback: poll until done or the deadline, then give up on the connection."""
+def _give_up(message: str) -> None:
     import psycopg2
+
+    # The wording makes SQLAlchemy treat it as a disconnect (the callback's raise closes the connection).
+    raise psycopg2.OperationalError(f"{message}: could not receive data from server (client deadline)")
+
+
+def _wait(conn: Any) -> None:
+    """psycopg2's wait callback: every wait of every connection in the process goes through here.
+
+    Request and probe waits (the profiles with the breaker) also take one of
+    a few per-process slots, and give up at once when another thread trips
+    the breaker: during a freeze no more than one deadline is spent, by no
+    more than all threads but one.
+    """
+    bounds = _bounds.get(_profile.get())
+    gated = bounds is not None and bounds.breaker
+    if gated and not _waiters["slots"].acquire(timeout=SLOT_WAIT_SECONDS):
+        _give_up("database busy: too many requests already waiting for it")
+    try:
+        _poll(conn, bounds, gated)
+    finally:
+        if gated:
+            _waiters["slots"].release()
+
+
+def _poll(conn: Any, bounds: Optional[Bounds], gated: bool) -> None:
     from psycopg2 import extensions
 
     connecting = conn.status == extensions.STATUS_SETUP
-    bounds = _bounds.get(_profile.get())
     limit = _settings["connect_s"] if connecting else (bounds.deadline_s if bounds else None)
     deadline = None if limit is None else time.monotonic() + limit
+    trips = _breaker["trips"]
     fileno = conn.fileno()
     while True:
         state = conn.poll()
         if state == extensions.POLL_OK:
             return
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            what = "connect" if connecting else "answer"
-            reason = f"no {what} from the database within {limit:g}s"
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            reason = f"no {'connect' if connecting else 'answer'} from the database within {limit:g}s"
             trip(reason)
-            # The wording makes SQLAlchemy treat it as a disconnect (the connection is closed).
-            raise psycopg2.OperationalError(f"{reason}: could not receive data from server (client deadline)")
+            _give_up(reason)
+        if gated and _breaker["trips"] != trips and breaker_state():
+            _give_up(f"database unavailable: {breaker_state()}")
+        left = RECHECK_SECONDS if deadline is None else min(RECHECK_SECONDS, deadline - now)
+        if not gated and deadline is None:
+            left = None
         if state == extensions.POLL_READ:
             select.select([fileno], [], [], left)
         elif state == extensions.POLL_WRITE:
             select.select([], [fileno], [], left)
         else:  # pragma: no cover - psycopg2 documents only the three states
-            raise psycopg2.OperationalError(f"bad poll state {state}")
+            _give_up(f"bad poll state {state}")
 
 
 _callback_lock = threading.RLock()

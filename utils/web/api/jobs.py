@@ -5,6 +5,7 @@ from utils.extensions import db
 from utils.ml.jobs import TRIGGER_API, JobBusyError, run_job_now
 from utils.web.api import schemas as s
 from utils.web.api.framework import ApiError, actor_of, operation
+from utils.web.errors import is_database_unavailable
 
 
 def _run_job(name: str, body: s.JobRequest | s.CleanupRequest) -> s.JobResult:
@@ -15,6 +16,8 @@ def _run_job(name: str, body: s.JobRequest | s.CleanupRequest) -> s.JobResult:
     except JobBusyError as exc:
         raise ApiError(409, str(exc)) from None
     except Exception as exc:  # recorded as failed in ml_job_runs (with the traceback) by run_job_now
+        if is_database_unavailable(exc):
+            raise  # the database is down or frozen: 503 (framework), not a failed job
         db.session.rollback()
         raise ApiError(500, f"job {name} failed: {exc.__class__.__name__}: {str(exc)[:300]} "
                             "(the traceback is in ml_job_runs and the server log)") from None
