@@ -140,12 +140,19 @@ def _check_outage(server: Server, browser: requests.Session) -> None:
 
 
 def _check_recovery(server: Server, browser: requests.Session) -> None:
+    """Every worker answers again within a breaker period or two (each process has its own breaker)."""
     wait_until(lambda: server.status("GET", "/ready")[0] == 200, 30, "ready again", [server.proc], [server.log])
     for method, path, body, _ in ROUTES:
         if path.endswith(("/scan", "/train")):
             continue  # jobs: covered by their own tests; here only "the service answers again"
-        code, _ = server.status(method, path, body, session=browser if path.startswith("/ml/") else None)
-        assert code in (200, 201, 404), (method, path, code, tail([server.log]))  # 404: no model 1 yet
+
+        def answered() -> bool:
+            # 404: there is no model 1; what matters is an answer that is not 503 (or 500).
+            codes = [server.status(method, path, body, session=browser if path.startswith("/ml/") else None)[0]
+                     for _ in range(4)]
+            return all(code in (200, 201, 404) for code in codes)
+
+        wait_until(answered, BREAKER_S * 3 + 5, f"{method} {path} to answer again", [server.proc], [server.log])
 
 
 def test_frozen_database_every_route_503_within_seconds_health_always_200(server, pg_cluster):  # noqa: F811

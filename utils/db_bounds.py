@@ -153,23 +153,82 @@ def _give_up(message: str) -> None:
     raise psycopg2.OperationalError(f"{message}: could not receive data from server (client deadline)")
 
 
+def connection_classes() -> tuple[type, type]:
+    """(the app engine's connection class, the lock engines' one): psycopg2 connections marked as
+    ours, so the deadlines never touch a connection some other code (a test, a tool) opened."""
+    if not _classes:
+        from psycopg2 import extensions
+
+        class BoundedConnection(extensions.connection):
+            """An app engine connection: deadlines, breaker, wait slots."""
+
+        class LockConnection(BoundedConnection):
+            """A lock/leadership connection (its own engine, no pool, no breaker check there)."""
+
+        _classes.extend([BoundedConnection, LockConnection])
+    return _classes[0], _classes[1]
+
+
+_classes: list[type] = []
+
+
 def _wait(conn: Any) -> None:
     """psycopg2's wait callback: every wait of every connection in the process goes through here.
 
-    Request and probe waits (the profiles with the breaker) also take one of
-    a few per-process slots, and give up at once when another thread trips
-    the breaker: during a freeze no more than one deadline is spent, by no
-    more than all threads but one.
+    Connections that are not ours wait as psycopg2 would (libpq's own
+    ``connect_timeout`` honoured).  Request and probe waits (the profiles with
+    the breaker) also take one of a few per-process slots, and give up at once
+    when another thread trips the breaker: during a freeze no more than one
+    deadline is spent, by no more than all threads but one.
     """
+    bounded, _ = connection_classes()
+    if not isinstance(conn, bounded):
+        _plain_wait(conn)
+        return
     bounds = _bounds.get(_profile.get())
-    gated = bounds is not None and bounds.breaker
-    if gated and not _waiters["slots"].acquire(timeout=SLOT_WAIT_SECONDS):
-        _give_up("database busy: too many requests already waiting for it")
+    # Only threads serving a request are gated: a scheduler heartbeat is never refused for want of a slot.
+    gated = bounds is not None and bounds.breaker and _serving_request()
+    if gated:
+        state = breaker_state()
+        if state:  # e.g. a lock connection of POST /scan, which the pool's own check does not see
+            _give_up(f"database unavailable: {state}")
+        if not _waiters["slots"].acquire(timeout=SLOT_WAIT_SECONDS):
+            _give_up("database busy: too many requests already waiting for it")
     try:
         _poll(conn, bounds, gated)
     finally:
         if gated:
             _waiters["slots"].release()
+
+
+def _serving_request() -> bool:
+    from flask import has_request_context
+
+    return has_request_context()
+
+
+def _plain_wait(conn: Any) -> None:
+    from psycopg2 import extensions
+
+    limit = None
+    if conn.status == extensions.STATUS_SETUP:
+        raw = extensions.parse_dsn(conn.dsn).get("connect_timeout")
+        limit = max(2.0, float(raw)) if raw and float(raw) > 0 else None
+    deadline = None if limit is None else time.monotonic() + limit
+    fileno = conn.fileno()
+    while True:
+        state = conn.poll()
+        if state == extensions.POLL_OK:
+            return
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            import psycopg2
+
+            raise psycopg2.OperationalError("timeout expired")  # libpq's own words
+        if state == extensions.POLL_READ:
+            select.select([fileno], [], [], left)
+        else:
+            select.select([], [fileno], [], left)
 
 
 def _poll(conn: Any, bounds: Optional[Bounds], gated: bool) -> None:
@@ -254,6 +313,7 @@ def engine_options(config: Mapping[str, Any]) -> dict[str, Any]:
         "pool_recycle": 1800,
         "pool_timeout": float(config["ML_DB_POOL_TIMEOUT_SECONDS"]),
         "connect_args": {
+            "connection_factory": connection_classes()[0],
             # Applied by libpq to synchronous connects (the wait callback bounds ours).
             "connect_timeout": max(2, int(round(_settings["connect_s"]))),
             "options": f"-c statement_timeout={request.statement_ms} -c lock_timeout={request.lock_ms}",

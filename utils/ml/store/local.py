@@ -14,7 +14,7 @@ import stat
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 from urllib.parse import urlparse
 
 from utils.ml.store.base import (
@@ -178,14 +178,16 @@ class LocalModelStore(ModelStore):
         except (FileNotFoundError, UnsafePathError):
             return None
 
-    def delete(self, key: str) -> int:
+    def delete(self, key: str) -> Optional[int]:
+        """Unlink ``key``; the bytes freed are the blocks allocated (a sparse file's apparent size is
+        not disk), and 0 while another hard link keeps them; None when the file was already gone."""
         path = self._entry(key)
         try:
-            size = path.lstat().st_size
+            st = path.lstat()
             path.unlink()
         except FileNotFoundError:
-            return 0
-        return size
+            return None
+        return st.st_blocks * 512 if st.st_nlink <= 1 else 0
 
     def _scan(self, want_temp: bool) -> Iterator[StoredFile]:
         try:
