@@ -34,6 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DataError
 
 from utils.ml import events
+from utils.ml.jobs.interrupt import JobInterrupted, checkpoint
 from utils.ml.pipeline import bad_rows
 from utils.ml.pipeline.features import (
     DEFAULT_FEATURES,
@@ -235,6 +236,7 @@ class ModelTrainer:
             return result
 
         evaluation = self._evaluate_on_holdout(data)
+        checkpoint(f"before fitting {metric_type}")
         model = self._pipeline().fit(data.matrix)
         forest = model.steps[-1][1]
         transformer = model.steps[0][1]
@@ -292,8 +294,11 @@ class ModelTrainer:
             self.session.rollback()
         results = []
         for name in types:
+            checkpoint(f"before training {name}")
             try:
                 results.append(self.train_one(name, now=now))
+            except JobInterrupted:
+                raise
             except Exception as exc:  # one metric type must not stop the others
                 try:
                     self.session.rollback()

@@ -36,6 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from utils.extensions import db
 from utils.ml import events
+from utils.ml.jobs.interrupt import JobInterrupted, checkpoint
 from utils.ml.anomaly_detector import AnomalyDetector
 from utils.ml.pipeline import bad_rows
 from utils.ml.pipeline.batch import ObservationBatch
@@ -237,6 +238,7 @@ def scan_metric_type(metric_type: str, *, batch_size: Optional[int] = None,
     db.session.rollback()
     try:
         while upper is not None and summary["watermark"] < upper:
+            checkpoint(f"between scan batches of {metric_type}")  # every batch so far is committed
             watermark = _lock_watermark(metric_type)  # re-read under the lock: another scan may have moved it
             summary["watermark"] = watermark
             if watermark >= upper:
@@ -296,6 +298,8 @@ def run_scan(metric_type: Optional[str] = None) -> dict[str, Any]:
     for name in types:
         try:
             per_type[name] = scan_metric_type(name, detector=detector)
+        except JobInterrupted:
+            raise
         except Exception as exc:  # one metric type must not stop the others
             errors += 1
             logger.exception("scan of %s failed", name)
