@@ -197,6 +197,7 @@ SETTINGS: tuple[Setting, ...] = (
             "a cached model is re-validated against the database at least this often"),
     # A save may be between its rename and its commit: younger orphans are left alone.
     Setting("ML_ORPHAN_GRACE_SECONDS", _float(), 3600.0, "files with no row younger than this survive cleanup"),
+    Setting("ML_READY_MIN_FREE_MB", _float(0.0), 100.0, "/ready fails when the models directory has less free space"),
     Setting("ML_DISK_WARN_PERCENT", _float(0.0, 100.0), 90.0, "disk usage that logs disk_space_low"),
     # Several hosts: model bytes in one bucket, ML_MODELS_DIR becomes each host's bounded cache of it.
     Setting("ML_STORE_URL", _store_url, None,
@@ -234,6 +235,18 @@ SETTINGS: tuple[Setting, ...] = (
     # lock rather than stall its writes; the entrypoint's retry resumes.
     Setting("ML_MIGRATION_LOCK_TIMEOUT_SECONDS", _float(0.1), 10.0,
             "flask db upgrade waits at most this long for a table lock, then fails (and is retried)"),
+    # Bounds on database calls (PostgreSQL; see utils/db_bounds.py).  Requests: a frozen
+    # server costs a caller at most statement + 1 s, then the breaker answers 503 at once.
+    Setting("ML_DB_CONNECT_TIMEOUT_SECONDS", _float(0.1), 3.0, "a new database connection is given up after this"),
+    Setting("ML_DB_STATEMENT_TIMEOUT_SECONDS", _float(0.1), 5.0,
+            "requests: server statement_timeout; the client gives up 1 s later (even on a frozen server)"),
+    Setting("ML_DB_LOCK_TIMEOUT_SECONDS", _float(0.1), 2.0, "requests: server lock_timeout"),
+    Setting("ML_DB_POOL_TIMEOUT_SECONDS", _float(0.1), 2.0, "longest wait for a pooled connection"),
+    Setting("ML_DB_BREAKER_SECONDS", _float(0.0), 5.0,
+            "after a missed deadline or refused connect, requests answer 503 at once for this long (0: off)"),
+    Setting("ML_READY_TIMEOUT_SECONDS", _float(0.1), 2.0, "/ready gives up on the database after this"),
+    Setting("ML_JOB_STATEMENT_TIMEOUT_SECONDS", _float(1.0), 600.0, "jobs: server statement_timeout (+1 s client deadline)"),
+    Setting("ML_JOB_LOCK_TIMEOUT_SECONDS", _float(0.1), 30.0, "jobs: server lock_timeout"),
     # Monitoring, logs, the dashboard.
     Setting("ML_METRICS_PORT", _int(0, 65535), 0, "flask ml scheduler serves /metrics on this port (0: off)"),
     Setting("ML_METRICS_ADDR", _text, "0.0.0.0", "address of that metrics server"),

@@ -31,8 +31,11 @@ from typing import Any, Optional
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.exc import DataError
 
 from utils.ml import events
+from utils.ml.jobs.interrupt import JobInterrupted, checkpoint
+from utils.ml.pipeline import bad_rows
 from utils.ml.pipeline.features import (
     DEFAULT_FEATURES,
     FEATURE_VERSION,
@@ -64,6 +67,7 @@ class TrainingData:
     timestamps: list[datetime]
     labels: np.ndarray  # -1 unknown, 0 normal, 1 anomaly
     false_positives: int
+    bad_rows: int = 0  # rows of the window dropped as unusable (see utils.ml.pipeline.bad_rows)
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
@@ -135,15 +139,36 @@ class ModelTrainer:
         ).scalars().all()
         return list(rows)
 
-    def load(self, metric_type: str, since: datetime, until: Optional[datetime] = None) -> TrainingData:
-        """The window's observations of ``metric_type`` (time order) with their labels."""
+    def _rows(self, metric_type: str, since: datetime, until: datetime) -> list[Any]:
+        """(id, entity_id, metric_value, timestamp, label) of the window, in time order.
+
+        The label is read in SQL (``->>``); a legacy ``json`` column holding a
+        NUL makes that conversion fail for the whole query, so the rows are
+        then read again with the raw document and the label taken in Python.
+        """
+        where = (MLMetric.metric_type == metric_type, MLMetric.timestamp >= since, MLMetric.timestamp <= until)
+        order = (MLMetric.timestamp, MLMetric.id)
         label = MLMetric.extra_data["label"].as_string()
+        try:
+            return list(self.session.execute(
+                select(MLMetric.id, MLMetric.entity_id, MLMetric.metric_value, MLMetric.timestamp, label)
+                .where(*where).order_by(*order)).all())
+        except DataError:
+            self.session.rollback()
+            logger.warning("labels of %s cannot be read in SQL (a NUL in extra_data?); reading them row by row",
+                           metric_type)
         rows = self.session.execute(
-            select(MLMetric.id, MLMetric.entity_id, MLMetric.metric_value, MLMetric.timestamp, label)
-            .where(MLMetric.metric_type == metric_type, MLMetric.timestamp >= since,
-                   MLMetric.timestamp <= (until or utcnow()))
-            .order_by(MLMetric.timestamp, MLMetric.id)
-        ).all()
+            select(MLMetric.id, MLMetric.entity_id, MLMetric.metric_value, MLMetric.timestamp, MLMetric.extra_data)
+            .where(*where).order_by(*order)).all()
+        return [(r[0], r[1], r[2], r[3], bad_rows.label_of(r[4])) for r in rows]
+
+    def load(self, metric_type: str, since: datetime, until: Optional[datetime] = None) -> TrainingData:
+        """The window's observations of ``metric_type`` (time order) with their labels.
+
+        Rows no model can use (non-finite value, no timestamp) are dropped and
+        counted in ``bad_rows``, so one bad row never fails the metric type.
+        """
+        rows, dropped = bad_rows.finite_rows(self._rows(metric_type, since, until or utcnow()), 2, 3)
         n = len(rows)
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
         entities = np.fromiter((np.nan if r[1] is None else r[1] for r in rows), dtype=float, count=n)
@@ -157,7 +182,7 @@ class ModelTrainer:
         ).scalars().all(), dtype=np.int64)
         marked = np.isin(ids, false_positive_ids) if false_positive_ids.size else np.zeros(n, dtype=bool)
         labels[marked] = LABEL_NORMAL  # an operator said so: that overrides any other label
-        return TrainingData(ids, entities, values, [r[3] for r in rows], labels, int(marked.sum()))
+        return TrainingData(ids, entities, values, [r[3] for r in rows], labels, int(marked.sum()), dropped)
 
     # ------------------------------------------------------------ training
     def _pipeline(self):
@@ -195,11 +220,13 @@ class ModelTrainer:
         result: dict[str, Any] = {
             "metric_type": metric_type, "model_type": MODEL_TYPE, "status": "skipped", "model_id": None,
             "samples": 0, "entities": 0, "labelled": 0, "accuracy": None, "precision": None, "recall": None,
-            "skipped": None, "error": None, "seconds": None,
+            "skipped": None, "error": None, "seconds": None, "bad_rows": 0,
         }
         data = self.load(metric_type, since, now)
         self.session.rollback()  # end the read transaction before the long fit
         result["samples"] = len(data)
+        result["bad_rows"] = data.bad_rows
+        bad_rows.report("train_models", metric_type, data.bad_rows)
         if len(data) < self.min_samples:
             result["skipped"] = (f"{len(data)} observations in the last {self.window_days} days, "
                                  f"fewer than ML_MIN_TRAIN_SAMPLES={self.min_samples}")
@@ -209,6 +236,7 @@ class ModelTrainer:
             return result
 
         evaluation = self._evaluate_on_holdout(data)
+        checkpoint(f"before fitting {metric_type}")
         model = self._pipeline().fit(data.matrix)
         forest = model.steps[-1][1]
         transformer = model.steps[0][1]
@@ -266,8 +294,11 @@ class ModelTrainer:
             self.session.rollback()
         results = []
         for name in types:
+            checkpoint(f"before training {name}")
             try:
                 results.append(self.train_one(name, now=now))
+            except JobInterrupted:
+                raise
             except Exception as exc:  # one metric type must not stop the others
                 try:
                     self.session.rollback()

@@ -36,12 +36,15 @@ from typing import Any, Optional
 from flask import Flask, current_app
 from sqlalchemy.exc import IntegrityError
 
+from utils.db_bounds import JOB, bounds_profile
 from utils.extensions import db
 from utils.ml import events
 from utils.ml.jobs.definitions import JOBS, Job, JobError, UnknownJobError, get_job
+from utils.ml.jobs.interrupt import JobInterrupted, checkpoint
 from utils.ml.jobs.locks import JOB_LOCK_CLASS, DistributedLock, LockKeeper, make_lock, one_line
 from utils.ml.jobs.records import (
     STATUS_FAILED,
+    STATUS_INTERRUPTED,
     STATUS_RUNNING,
     STATUS_SKIPPED,
     STATUS_SUCCESS,
@@ -109,8 +112,20 @@ def _run(job: Job, run_id: int, trigger: str, scheduled_for: datetime, details: 
     events.emit("job_started", f"job {job.name} started ({trigger})", **fields, status=STATUS_RUNNING)
     started = time.perf_counter()
     try:
-        result = job.func(actor, **params)
-        db.session.commit()  # a job that forgot to commit must not lose its work
+        checkpoint("before it started")
+        with bounds_profile(JOB):  # a job's own, longer database bounds (utils.db_bounds)
+            result = job.func(actor, **params)
+            db.session.commit()  # a job that forgot to commit must not lose its work
+    except JobInterrupted as exc:
+        db.session.rollback()
+        duration = round(time.perf_counter() - started, 3)
+        try:
+            finish_run(run_id, STATUS_INTERRUPTED, dict(details, duration_s=duration), str(exc))
+        except Exception:  # the row stays "running"; the next run marks it abandoned
+            logger.exception("could not record the interruption of run %s", run_id)
+        events.emit("job_interrupted", f"job {job.name} {exc}", **fields, level=logging.WARNING,
+                    status=STATUS_INTERRUPTED, duration_s=duration)
+        raise
     except Exception as exc:
         error = traceback.format_exc()
         db.session.rollback()
@@ -194,6 +209,9 @@ def run_scheduled_tick(app: Flask, name: str, scheduled_for: datetime) -> dict[s
                         return {"job": name, "scheduled_for": scheduled_for.isoformat(), "status": "claimed_elsewhere"}
                     try:
                         return _run(job, run_id, TRIGGER_SCHEDULE, scheduled_for, details, SCHEDULER_ACTOR, {})
+                    except JobInterrupted as exc:  # recorded by _run; the process is stopping
+                        return {"job": name, "run_id": run_id, "scheduled_for": scheduled_for.isoformat(),
+                                "status": STATUS_INTERRUPTED, "error": str(exc)}
                     except Exception as exc:  # recorded and logged by _run; later ticks go on
                         return {"job": name, "run_id": run_id, "scheduled_for": scheduled_for.isoformat(),
                                 "status": STATUS_FAILED, "error": one_line(exc)}

@@ -30,6 +30,11 @@ class ObservationBatch:
     entity_ids: np.ndarray  # float, NaN where unknown
     observation_ids: Optional[np.ndarray] = None
     has_entities: bool = False
+    # Scan pages only: the last id read (None for an empty page) and how many
+    # rows read were dropped as unusable (see utils.ml.pipeline.bad_rows), so
+    # the watermark steps over a bad row once instead of re-reading it forever.
+    last_read_id: Optional[int] = None
+    dropped: int = 0
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
@@ -125,7 +130,8 @@ _PAGE_SQL = ("SELECT id, entity_id, metric_value FROM ml_metrics "
 # Every column is cast to a fixed-width binary type and a missing entity
 # becomes NaN, so each row has the same 38 bytes.  ORDER BY names the table's
 # column: the output column ``id`` is the int8 cast, which no index serves.
-_COPY_SQL = ("COPY (SELECT id::int8, coalesce(entity_id::float8, 'NaN'), metric_value::float8 FROM ml_metrics "
+_COPY_SQL = ("COPY (SELECT id::int8, coalesce(entity_id::float8, 'NaN'), coalesce(metric_value::float8, 'NaN') "
+             "FROM ml_metrics "
              "WHERE metric_type = %s AND id > %s AND id <= %s ORDER BY ml_metrics.id LIMIT %s) "
              "TO STDOUT (FORMAT binary)")
 _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
@@ -149,7 +155,19 @@ def read_page(dbapi_connection: Any, dialect_name: str, metric_type: str, after:
         cursor.close()
     # None -> NaN in the same C-level pass; float64 holds ids exactly up to 2**53.
     table = np.array(rows, dtype=float).reshape(-1, 3)
-    return ObservationBatch.from_arrays(table[:, 2], table[:, 1], table[:, 0].astype(np.int64))
+    return _page(table[:, 2], table[:, 1], table[:, 0].astype(np.int64))
+
+
+def _page(values: np.ndarray, entity_ids: np.ndarray, observation_ids: np.ndarray) -> ObservationBatch:
+    """A scan page without its unusable rows (non-finite value), remembering the last id read."""
+    ok = np.isfinite(values)
+    dropped = int(ok.size - int(ok.sum()))
+    last_read_id = int(observation_ids[-1]) if observation_ids.size else None
+    if dropped:
+        values, entity_ids, observation_ids = values[ok], entity_ids[ok], observation_ids[ok]
+    page = ObservationBatch(values, entity_ids, observation_ids, has_entities=True)
+    page.last_read_id, page.dropped = last_read_id, dropped
+    return page
 
 
 def decode_copy(data: Any) -> ObservationBatch:
@@ -165,8 +183,7 @@ def decode_copy(data: Any) -> ObservationBatch:
     if not (np.all(rows["fields"] == 3) and np.all(rows["len_id"] == 8) and np.all(rows["len_entity"] == 8)
             and np.all(rows["len_value"] == 8)):
         raise ValueError("binary COPY rows are not (int8, float8, float8)")
-    return ObservationBatch.from_arrays(rows["value"].astype(float), rows["entity"].astype(float),
-                                        rows["id"].astype(np.int64))
+    return _page(rows["value"].astype(float), rows["entity"].astype(float), rows["id"].astype(np.int64))
 
 
 # A page read on the reader's own connection may take at most this long
@@ -233,7 +250,7 @@ class BatchReader:
             raise item
         if start != after:  # cannot happen: pages are queued in order from where the thread started
             raise RuntimeError(f"scan reader out of step: page after {start}, wanted after {after}")
-        self._next_after = int(item.observation_ids[-1]) if len(item) else None
+        self._next_after = item.last_read_id
         return item
 
     def close(self) -> None:
@@ -279,16 +296,16 @@ class BatchReader:
             with self.engine.connect() as connection:
                 while not (halt.is_set() or self.stop.is_set()):
                     if after >= self.upper:
-                        page = ObservationBatch.from_arrays([], [], [])
+                        page = _page(np.empty(0), np.empty(0), np.empty(0, dtype=np.int64))
                     else:
                         with connection.begin():
                             connection.exec_driver_sql(f"SET LOCAL statement_timeout = {READ_TIMEOUT_MS}")
                             page = read_page(connection.connection.dbapi_connection, "postgresql",
                                              self.metric_type, after, self.upper, self.limit)
                         self.pages_read += 1
-                    if not put((after, page)) or len(page) == 0:
+                    if not put((after, page)) or page.last_read_id is None:
                         return
-                    after = int(page.observation_ids[-1])
+                    after = page.last_read_id
         except BaseException as exc:  # handed to the scan, which raises it where the page was wanted
             put((after, exc))
 

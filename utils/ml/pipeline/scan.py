@@ -36,7 +36,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from utils.extensions import db
 from utils.ml import events
+from utils.ml.jobs.interrupt import JobInterrupted, checkpoint
 from utils.ml.anomaly_detector import AnomalyDetector
+from utils.ml.pipeline import bad_rows
 from utils.ml.pipeline.batch import BatchReader, ObservationBatch
 from utils.ml.pipeline.detection import DetectorChain, load_reference_values
 from utils.ml.pipeline.features import MODEL_TYPE
@@ -195,7 +197,7 @@ def scan_metric_type(metric_type: str, *, batch_size: Optional[int] = None,
     detector = detector or AnomalyDetector(db)
     summary: dict[str, Any] = {"metric_type": metric_type, "scanned": 0, "alerts": 0, "duplicates_ignored": 0,
                                "batches": 0, "method": None, "model_id": None, "source": None, "load_ms": None,
-                               "fallback_reasons": [], "watermark": None, "seconds": None}
+                               "fallback_reasons": [], "watermark": None, "seconds": None, "bad_rows": 0}
     _ensure_watermark(metric_type)
     upper = settled_upper_bound(metric_type)
     summary["watermark"] = db.session.execute(
@@ -208,19 +210,21 @@ def scan_metric_type(metric_type: str, *, batch_size: Optional[int] = None,
     reader = BatchReader(metric_type, upper, batch_size)  # reads ahead on a second thread (PostgreSQL)
     try:
         while upper is not None and summary["watermark"] < upper:
+            checkpoint(f"between scan batches of {metric_type}")  # every batch so far is committed
             watermark = _lock_watermark(metric_type)  # re-read under the lock: another scan may have moved it
             summary["watermark"] = watermark
             if watermark >= upper:
                 db.session.rollback()
                 break
             batch = reader.fetch(watermark)
-            if len(batch) == 0:
+            last_id, dropped = batch.last_read_id, batch.dropped
+            if last_id is None:
                 db.session.rollback()
                 break
-            scores = chain.score(batch)
-            rows = _alert_rows(metric_type, batch, scores, chain)
-            inserted = insert_alerts(rows)
-            new_watermark = int(batch.observation_ids[-1])
+            summary["bad_rows"] += dropped
+            rows = _alert_rows(metric_type, batch, chain.score(batch), chain) if len(batch) else []
+            inserted = insert_alerts(rows) if rows else 0
+            new_watermark = last_id
             db.session.execute(
                 update(ScanWatermark).where(ScanWatermark.metric_type == metric_type)
                 .values(last_observation_id=new_watermark, updated_at=utcnow())
@@ -240,6 +244,7 @@ def scan_metric_type(metric_type: str, *, batch_size: Optional[int] = None,
         raise
     finally:
         reader.close()
+    bad_rows.report("anomaly_scan", metric_type, summary["bad_rows"])
     if summary["batches"]:
         summary.update(method=chain.method, model_id=chain.model_id, source=chain.source,
                        load_ms=round(chain.load_ms, 3), fallback_reasons=list(chain.fallback_reasons))
@@ -268,6 +273,8 @@ def run_scan(metric_type: Optional[str] = None) -> dict[str, Any]:
     for name in types:
         try:
             per_type[name] = scan_metric_type(name, detector=detector)
+        except JobInterrupted:
+            raise
         except Exception as exc:  # one metric type must not stop the others
             errors += 1
             logger.exception("scan of %s failed", name)
@@ -278,6 +285,7 @@ def run_scan(metric_type: Optional[str] = None) -> dict[str, Any]:
         "metric_types": per_type,
         "scanned": sum(v.get("scanned", 0) for v in per_type.values()),
         "alerts": sum(v.get("alerts", 0) for v in per_type.values()),
+        "bad_rows": sum(v.get("bad_rows", 0) for v in per_type.values()),
         "errors": errors,
         "seconds": round(time.perf_counter() - started, 3),
     }
