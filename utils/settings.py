@@ -198,6 +198,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ML_CONTAMINATION", _float(0.0001, 0.5), 0.02, "expected share of anomalies (sets the threshold)"),
     Setting("ML_N_ESTIMATORS", _int(10), 200, "trees per Isolation Forest"),
     Setting("ML_SCAN_BATCH_SIZE", _int(100), 20000, "observations scored per scan transaction"),
+    # The contract writes model_load_time rows into ml_metrics.  A database shared with
+    # the minibar app: its ORM fails on a metric type outside its enum (README "legacy").
+    Setting("ML_RECORD_LOAD_TIME", _bool, True,
+            "each scan writes a model_load_time row to ml_metrics (false: the minibar app's ORM reads the table)"),
     # Retention (the cleanup job; flask ml retention --dry-run counts); 0 keeps everything.
     # See README "Retention" for why these defaults; the rules against the
     # training window are checked in _check_together.

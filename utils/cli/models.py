@@ -27,8 +27,14 @@ from utils.ml.store.signature import compatible, explain
 _LIST_COLUMNS = (
     ("id", "id"), ("model_type", "model type"), ("metric_type", "metric type"), ("is_active", "active"),
     ("storage", "storage"), ("size_kb", "size KB"), ("accuracy", "accuracy"), ("created_at", "created (UTC)"),
-    ("storage_key", "file"),
+    ("storage_key", "file"), ("input", "input"), ("flags", "flags"),
 )
+
+
+def _flags(model: dict[str, Any]) -> str:
+    """``legacy`` (the minibar app's row) and ``incompatible`` (detection cannot compute its input)."""
+    return ", ".join(([] if not model.get("legacy") else ["legacy"])
+                     + ([] if model.get("compatible", True) else ["incompatible"]))
 
 
 def _manager(create_directory: bool = True) -> ModelManager:
@@ -55,7 +61,7 @@ def list_command(model_type: Optional[str], metric_type: Optional[str], active_o
     if not models:
         click.echo("No models.")
         return
-    for line in format_table(models, _LIST_COLUMNS):
+    for line in format_table([dict(m, flags=_flags(m)) for m in models], _LIST_COLUMNS):
         click.echo(line)
 
 
@@ -95,6 +101,9 @@ def cleanup_command(keep: Optional[int]) -> None:
     click.echo(f"🗑️  Deleted {result['deleted_count']} old versions (kept {keep} per type), "
                f"{result['orphans_deleted']} orphan and {result['temp_files_deleted']} temporary files; "
                f"freed {result['freed_space_mb']} MB")
+    if result.get("kept_referenced"):
+        click.echo(f"🔗 Kept {len(result['kept_referenced'])} old versions the minibar app's ml_training_logs "
+                   f"reference (never deleted): {', '.join(map(str, result['kept_referenced']))}")
     disk = result.get("disk") or {}
     if disk:
         click.echo(f"💽 Disk: {disk['used_gb']} of {disk['total_gb']} GB used ({disk['percent']}%)")

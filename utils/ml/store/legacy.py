@@ -53,10 +53,10 @@ def load_from_database(session: Session, model_type: str, metric_type: str, max_
     session.expire(row, ["model_data"])
     if data is None:
         return finish_load(None, model_id, "none", "no_blob", started, key, f"model {model_id} has no BLOB")
-    if signature.is_marker(data):  # never unpickled: the model is the app's aggregate-feature file
+    implied = signature.of_row(signature.is_marker(data), row.parameters, row.input_signature)
+    if not signature.compatible(implied):  # never unpickled (the FILE_BASED marker is no model at all)
         return finish_load(None, model_id, "none", INCOMPATIBLE, started, key,
-                           f"model {model_id} is the minibar app's file-era model (FILE_BASED): "
-                           "it expects aggregate features this service does not compute")
+                           signature.incompatible_detail(model_id, implied))
     if len(data) > max_bytes:
         return finish_load(None, model_id, "none", "too_large", started, key,
                            f"BLOB of model {model_id} is {len(data)} bytes, over {max_bytes}")
@@ -70,6 +70,10 @@ def load_from_database(session: Session, model_type: str, metric_type: str, max_
     except Exception as exc:
         return finish_load(None, model_id, "none", "unpickle_error", started, key,
                            f"BLOB of model {model_id} could not be unpickled: {exc!r}")
+    sig = row.input_signature or signature.of_object(model, row.parameters)
+    if not signature.compatible(sig):
+        return finish_load(None, model_id, "none", INCOMPATIBLE, started, key,
+                           signature.incompatible_detail(model_id, sig))
     warn_version(model_id, row.sklearn_version)
     return finish_load(model, model_id, "database", None, started, key)
 

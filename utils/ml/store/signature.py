@@ -99,3 +99,8 @@ def explain(signature: Optional[dict[str, Any]]) -> str:
 
 def is_marker(data: Optional[bytes]) -> bool:
     return data is not None and bytes(data) == FILE_BASED
+
+
+def incompatible_detail(model_id: Optional[int], sig: Optional[dict[str, Any]]) -> str:
+    return (f"model {model_id} expects {explain(sig)}, an input this service does not compute; "
+            "it is replaced by the next training of its metric type")
