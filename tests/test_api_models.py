@@ -22,7 +22,8 @@ METRIC = "stok_seviye"
 SUMMARY_KEYS = {
     "id", "model_type", "metric_type", "is_active", "storage", "path", "storage_key", "size_bytes", "size_kb",
     "checksum_sha256", "parameters", "training_date", "created_at", "accuracy", "precision", "recall",
-    "sklearn_version", "numpy_version", "python_version",
+    "sklearn_version", "numpy_version", "python_version", "legacy", "legacy_path", "input_signature", "input",
+    "compatible",
 }
 
 
@@ -68,6 +69,7 @@ def test_list_returns_metadata_newest_first_and_never_bytes(app, client, auth_he
     for model in body["models"]:
         assert set(model) == SUMMARY_KEYS  # no model_data, no bytes of any kind
         assert model["storage"] == "file"
+        assert (model["legacy"], model["compatible"], model["input_signature"]["kind"]) == (False, True, "raw_value")
         assert len(model["checksum_sha256"]) == 64
         assert model["training_date"].endswith("Z") or model["training_date"].endswith("+00:00")
     assert [m["is_active"] for m in body["models"]] == [True, True, False, False]

@@ -220,6 +220,10 @@ SETTINGS: tuple[Setting, ...] = (
     # scan use both cores (PostgreSQL; SQLite always reads in the scan's transaction).
     Setting("ML_SCAN_READ_AHEAD", _int(0, 16), 2,
             "scan batches read ahead on a second connection while one is scored (0: read in turn)"),
+    # The contract writes model_load_time rows into ml_metrics.  A database shared with
+    # the minibar app: its ORM fails on a metric type outside its enum (README "legacy").
+    Setting("ML_RECORD_LOAD_TIME", _bool, True,
+            "each scan writes a model_load_time row to ml_metrics (false: the minibar app's ORM reads the table)"),
     # Retention (the cleanup job; flask ml retention --dry-run counts); 0 keeps everything.
     # See README "Retention" for why these defaults; the rules against the
     # training window are checked in _check_together.

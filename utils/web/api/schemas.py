@@ -73,6 +73,13 @@ class ModelSummary(ResponseModel):
     sklearn_version: Optional[str]
     numpy_version: Optional[str]
     python_version: Optional[str]
+    legacy: bool = Field(description="not produced by this service: a row of the minibar app (BLOB or adopted file)")
+    legacy_path: Optional[str] = Field(None, description="an adopted file: the absolute path the minibar app wrote")
+    input_signature: Optional[dict[str, Any]] = Field(
+        None, description="what the model takes: kind raw_value, pipeline, aggregate_features or unknown")
+    input: str = Field(description="the input signature in words")
+    compatible: bool = Field(description="false: detection cannot compute its input and falls back "
+                                         "(incompatible_input) until the next training replaces it")
 
 
 class ModelList(ResponseModel):
