@@ -27,6 +27,8 @@ class ObservationBatch:
     entity_ids: np.ndarray  # float, NaN where unknown
     observation_ids: Optional[np.ndarray] = None
     has_entities: bool = False
+    # Observation times, UTC epoch seconds (float): what causal scoring orders by; None when unknown.
+    timestamps: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
@@ -36,7 +38,8 @@ class ObservationBatch:
         return observation_matrix(self.entity_ids, self.values)
 
     @classmethod
-    def from_arrays(cls, values: Any, entity_ids: Any = None, observation_ids: Any = None) -> "ObservationBatch":
+    def from_arrays(cls, values: Any, entity_ids: Any = None, observation_ids: Any = None,
+                    timestamps: Any = None) -> "ObservationBatch":
         values = np.asarray(values, dtype=float).reshape(-1)
         if not np.all(np.isfinite(values)):
             bad = int(np.flatnonzero(~np.isfinite(values))[0])
@@ -46,7 +49,8 @@ class ObservationBatch:
         else:
             entities = np.asarray(entity_ids, dtype=float).reshape(-1)
         ids = None if observation_ids is None else np.asarray(observation_ids, dtype=np.int64).reshape(-1)
-        return cls(values, entities, ids, has_entities=entity_ids is not None)
+        times = None if timestamps is None else np.asarray(timestamps, dtype=float).reshape(-1)
+        return cls(values, entities, ids, has_entities=entity_ids is not None, timestamps=times)
 
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> "ObservationBatch":
