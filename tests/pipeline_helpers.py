@@ -41,11 +41,12 @@ def observations(metric_type: str) -> list[dict[str, Any]]:
     from utils.models import MLMetric
 
     rows = db.session.execute(
-        select(MLMetric.id, MLMetric.entity_id, MLMetric.metric_value, MLMetric.extra_data)
+        select(MLMetric.id, MLMetric.entity_id, MLMetric.metric_value, MLMetric.extra_data, MLMetric.timestamp)
         .where(MLMetric.metric_type == metric_type).order_by(MLMetric.id)
     ).all()
     db.session.rollback()
-    return [{"id": r[0], "entity_id": r[1], "metric_value": r[2], "kind": _kind(r[3])} for r in rows]
+    return [{"id": r[0], "entity_id": r[1], "metric_value": r[2], "kind": _kind(r[3]),
+             "timestamp": r[4] if r[4].tzinfo else r[4].replace(tzinfo=timezone.utc)} for r in rows]
 
 
 def _kind(extra: Optional[dict[str, Any]]) -> str:

@@ -95,7 +95,9 @@ class AnomalyDetector:
 
     def _stored_history(self, metric_type: str) -> Callable[[ObservationBatch], History]:
         def load(batch: ObservationBatch) -> History:
-            before = float(np.min(batch.timestamps)) if batch.timestamps is not None and len(batch) else None
+            # A millisecond of margin: SQLite's julianday() arithmetic is exact to ~10 us only, and a stored
+            # copy of the batch's first observation must not count as its own history.
+            before = float(np.min(batch.timestamps)) - 1e-3 if batch.timestamps is not None and len(batch) else None
             history = load_history(self.db.session, metric_type, entity_codes(batch.entity_ids), before=before)
             self.db.session.rollback()  # end the read transaction
             return history
