@@ -49,7 +49,8 @@ def epoch_sql(dialect: str, column: str = "timestamp") -> str:
         return f"CAST(EXTRACT(EPOCH FROM {column}) AS double precision)"
     if dialect == "sqlite":
         # SQLAlchemy stores UTC text; julianday also understands a +HH:MM suffix if a writer added one.
-        return f"((julianday({column}) - 2440587.5) * 86400.0)"
+        # Its double arithmetic is exact to ~10 us: rounded to the millisecond, whole times come out whole.
+        return f"round((julianday({column}) - 2440587.5) * 86400.0, 3)"
     raise RuntimeError(f"unsupported database dialect {dialect!r}: PostgreSQL or SQLite expected")
 
 
