@@ -9,9 +9,8 @@ once and scores many batches with it (:mod:`utils.ml.pipeline.scoring`):
    rows whose file is gone: ``ModelManager.load_model_from_database``);
 3. ``z_score`` — no model: a per-entity robust Z-score against each entity's
    own recent history (:func:`~utils.ml.pipeline.scoring.score_entity_zscore`);
-   a batch without timestamps (plain numbers from an old caller) gets the
-   pooled robust Z-score against the metric's recent values
-   (:func:`load_reference_values`) instead.
+   plain numbers (no entity: an old caller) get the pooled robust Z-score
+   against the metric's recent values (:func:`load_reference_values`) instead.
 
 A model of feature version 2 (the causal per-entity detector) scores each
 batch against each entity's history before it, which the chain asks its
@@ -208,7 +207,7 @@ class DetectorChain:
             if self.method is None:
                 raise ModelUnavailableError(self.metric_type, self.fallback_reasons)
             if self.method == METHOD_ZSCORE:
-                if batch.timestamps is None or self.pooled_zscore:
+                if batch.timestamps is None or self.pooled_zscore or not batch.has_entities:
                     return score_with_zscore(batch.values, self.reference(batch))
                 return score_entity_zscore(batch, self.history(batch))
             try:
