@@ -1,4 +1,4 @@
-"""Section 4: the end-to-end scan against the raw score_samples rate of the same models.
+"""Section 4: the end-to-end scan against the raw scoring rate of the same models, and its per-row cost.
 
 The data is the demo hotel (``utils.ml.pipeline.demo_data``), scaled so the three
 minibar metric types add up to the requested number of observations over 60
@@ -7,7 +7,9 @@ is ``utils.ml.pipeline.scan.run_scan`` — what ``flask ml scan`` runs: read fro
 PostgreSQL in batches, compute features, score, write alerts, move the
 watermarks.  "Raw" is the same active models' ``score_samples`` over the same
 observations already in memory (the feature step of the pipeline included,
-nothing else): the ceiling a scan could reach.
+nothing else): the ceiling a scan could reach.  ``cost`` (:mod:`bench.cost`)
+puts the per-row cost of training and scanning with the new detector beside
+today's model, on the same rows.
 """
 from __future__ import annotations
 
@@ -37,12 +39,19 @@ def _missing() -> Optional[str]:
 
 
 def _raw_rate(metric_types: list[str]) -> dict[str, Any]:
-    """score_samples of each active model over all its observations, timed alone."""
+    """Each active model's scoring of all its observations in memory, timed alone.
+
+    The causal detector (feature version 2) scores them with their own
+    earlier rows as history (features, forest, thresholds); an older pipeline
+    is timed on ``score_samples`` (features and forest).
+    """
     import numpy as np
     from sqlalchemy import select
 
     from utils.extensions import db
     from utils.ml.pipeline.features import MODEL_TYPE, model_input, observation_matrix
+    from utils.ml.pipeline.history import entity_codes
+    from utils.ml.pipeline.scoring import is_causal_model
     from utils.ml.model_manager import get_model_manager
     from utils.models import MLMetric
 
@@ -50,18 +59,25 @@ def _raw_rate(metric_types: list[str]) -> dict[str, Any]:
     rows_total, seconds_total, per_type = 0, 0.0, {}
     for metric_type in metric_types:
         rows = db.session.execute(
-            select(MLMetric.entity_id, MLMetric.metric_value).where(MLMetric.metric_type == metric_type)
+            select(MLMetric.entity_id, MLMetric.metric_value, MLMetric.timestamp)
+            .where(MLMetric.metric_type == metric_type)
         ).all()
         db.session.rollback()
         entities = np.fromiter((np.nan if r[0] is None else r[0] for r in rows), dtype=float, count=len(rows))
         values = np.fromiter((r[1] for r in rows), dtype=float, count=len(rows))
+        stamps = np.fromiter((r[2].timestamp() for r in rows), dtype=float, count=len(rows))
         del rows
         model = manager.load_model_from_file(MODEL_TYPE, metric_type)
         if model is None:
             raise RuntimeError(f"no active model for {metric_type} after training")
-        matrix = model_input(model, observation_matrix(entities, values))
-        started = time.perf_counter()
-        model.score_samples(matrix)
+        if is_causal_model(model):
+            codes = entity_codes(entities)
+            started = time.perf_counter()
+            model.score(codes, stamps, values)
+        else:
+            matrix = model_input(model, observation_matrix(entities, values))
+            started = time.perf_counter()
+            model.score_samples(matrix)
         elapsed = time.perf_counter() - started
         per_type[metric_type] = {"rows": len(values), "seconds": round(elapsed, 3)}
         rows_total += len(values)
@@ -99,6 +115,12 @@ def run(env: Any, sizes: Any) -> dict[str, Any]:
     methods = {name: s.get("method") for name, s in summary["metric_types"].items()}
 
     raw = _raw_rate(sorted(summary["metric_types"]))
+    from bench import cost
+
+    per_row = cost.compare({"rows": sum(t["samples"] for t in trained), "seconds": train_seconds},
+                           {"rows": summary["scanned"], "seconds": scan_seconds, "alerts": summary["alerts"],
+                            "metric_types": summary["metric_types"]},
+                           window_days=DAYS + 1, simulator_days=42 if sizes.scan_observations < 100_000 else 90)
     end_to_end = {
         "rows": summary["scanned"],
         "alerts": summary["alerts"],
@@ -119,4 +141,5 @@ def run(env: Any, sizes: Any) -> dict[str, Any]:
         "end_to_end": end_to_end,
         "raw_score_samples": raw,
         "ratio_end_to_end_over_raw": round(end_to_end["rows_per_second"] / raw["rows_per_second"], 3),
+        "cost": per_row,
     }
