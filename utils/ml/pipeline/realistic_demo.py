@@ -49,7 +49,11 @@ def generate_realistic_demo(*, days: int = 90, seed: int = 1, end: Optional[date
                             attendants: int = HotelConfig.attendants, meters: int = HotelConfig.meters,
                             anomaly_rate: float = HotelConfig.anomaly_rate) -> dict[str, Any]:
     """Simulate and insert (one transaction); return ``{"observations", "start", "end", "seed", "seconds",
-    "by_metric_type": {name: {"observations", "entities", "events", kinds...}}}``."""
+    "events", "shift_seconds", "by_metric_type": {name: {"observations", "entities", "events", kinds...}}}``.
+
+    ``shift_seconds`` is what was added to the simulator's times (the same
+    configuration simulated again gives the labelled events: add it to them).
+    """
     if not 0 < anomaly_rate <= 0.05:
         raise ValueError(f"anomaly_rate: must be in (0, 0.05] (got {anomaly_rate!r})")
     started = time.perf_counter()
@@ -84,7 +88,7 @@ def generate_realistic_demo(*, days: int = 90, seed: int = 1, end: Optional[date
     result = {"observations": count, "start": rows[0]["timestamp"].isoformat() if rows else None,
               "end": rows[-1]["timestamp"].isoformat() if rows else None, "seed": seed,
               "seconds": round(time.perf_counter() - started, 3), "by_metric_type": summary,
-              "events": len(dataset.events)}
+              "events": len(dataset.events), "shift_seconds": float(shift)}
     events.emit("demo_data_generated", f"Generated {count} simulated observations", observations=count,
                 days=days, seed=seed, realistic=True)
     return result
