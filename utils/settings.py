@@ -213,8 +213,11 @@ SETTINGS: tuple[Setting, ...] = (
     # Training and scans.  See README "Anomaly pipeline" for how 0.02 was chosen.
     Setting("ML_TRAIN_WINDOW_DAYS", _int(1), 60, "days of observations a model is trained on"),
     Setting("ML_MIN_TRAIN_SAMPLES", _int(2), 50, "fewer observations: the metric type is skipped"),
-    Setting("ML_CONTAMINATION", _float(0.0001, 0.5), 0.02, "expected share of anomalies (sets the threshold)"),
-    Setting("ML_N_ESTIMATORS", _int(10), 200, "trees per Isolation Forest"),
+    Setting("ML_CONTAMINATION", _float(0.0001, 0.49), 0.02,
+            "calibration target: the share of each entity's window that anchors its tail (not an alert quota)"),
+    Setting("ML_FALSE_ALERTS_PER_ENTITY_DAY", _float(0.00001, 0.99), 0.002,
+            "alert budget the per-entity thresholds are calibrated to on normal data"),
+    Setting("ML_N_ESTIMATORS", _int(10), 100, "trees of each metric type's Isolation Forest"),
     Setting("ML_SCAN_BATCH_SIZE", _int(100), 20000, "observations scored per scan transaction"),
     # Reading the next batches on a second thread while this one scores lets a
     # scan use both cores (PostgreSQL; SQLite always reads in the scan's transaction).
@@ -224,6 +227,8 @@ SETTINGS: tuple[Setting, ...] = (
     # the minibar app: its ORM fails on a metric type outside its enum (README "legacy").
     Setting("ML_RECORD_LOAD_TIME", _bool, True,
             "each scan writes a model_load_time row to ml_metrics (false: the minibar app's ORM reads the table)"),
+    Setting("ML_INCIDENT_GAP_HOURS", _float(0.01), 24.0,
+            "an entity's alert at most this long after its previous one (observation time) joins its incident"),
     # Retention (the cleanup job; flask ml retention --dry-run counts); 0 keeps everything.
     # See README "Retention" for why these defaults; the rules against the
     # training window are checked in _check_together.

@@ -51,13 +51,19 @@ def _run_job(name: str, **params: Any) -> tuple[Any, Optional[JobError]]:
 @click.option("--end", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]), default=None,
               help="Last moment of the data, UTC (default: now).")
 @click.option("--if-empty", is_flag=True, help="Do nothing if there are observations already (the quick start).")
+@click.option("--realistic", is_flag=True,
+              help="The evaluation simulator's hotel instead (profiles, holidays, shifts, labelled event windows; "
+                   "also energy meters); --days defaults to 90 there.")
 def demo_data_command(rooms: int, products: int, attendants: int, days: int, seed: Optional[int],
-                      anomaly_rate: Optional[float], end: Optional[datetime], if_empty: bool) -> None:
+                      anomaly_rate: Optional[float], end: Optional[datetime], if_empty: bool, realistic: bool) -> None:
     """Insert realistic minibar observations with labelled anomalies (global and contextual)."""
     from utils.ml.pipeline.demo_data import DEFAULT_ANOMALY_RATE, DEFAULT_SEED, generate_demo_data, has_observations
 
     if if_empty and has_observations():
         click.echo("Observations already present: no demo data added.")
+        return
+    if realistic:
+        _realistic(rooms, products, attendants, days, seed, anomaly_rate, end)
         return
 
     result = generate_demo_data(
@@ -71,6 +77,25 @@ def demo_data_command(rooms: int, products: int, attendants: int, days: int, see
     for line in format_table(rows, (("metric_type", "metric type"), ("observations", "observations"),
                                     ("entities", "entities"), ("global", "global anomalies"),
                                     ("contextual", "contextual anomalies"))):
+        click.echo(line)
+
+
+def _realistic(rooms: int, products: int, attendants: int, days: int, seed: Optional[int],
+               anomaly_rate: Optional[float], end: Optional[datetime]) -> None:
+    from utils.ml.pipeline.realistic_demo import generate_realistic_demo
+
+    source = click.get_current_context().get_parameter_source("days")
+    options = {"rooms": rooms, "products": products, "attendants": attendants, "seed": 1 if seed is None else seed,
+               "days": 90 if source == click.core.ParameterSource.DEFAULT else days, "end": end}
+    if anomaly_rate is not None:
+        options["anomaly_rate"] = anomaly_rate
+    result = generate_realistic_demo(**options)
+    click.echo(f"Inserted {result['observations']} simulated observations from {result['start']} to "
+               f"{result['end']} (seed {result['seed']}, {result['events']} labelled events, {result['seconds']}s):")
+    kinds = sorted({k for v in result["by_metric_type"].values() for k in v} - {"observations", "entities", "events"})
+    rows = [{"metric_type": name, **counts} for name, counts in result["by_metric_type"].items()]
+    for line in format_table(rows, [("metric_type", "metric type"), ("observations", "observations"),
+                                    ("entities", "entities"), ("events", "events")] + [(k, k) for k in kinds]):
         click.echo(line)
 
 

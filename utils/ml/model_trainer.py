@@ -1,25 +1,31 @@
-"""Training: one Isolation Forest pipeline per metric type, saved through the ModelManager.
+"""Training: one per-entity causal detector per metric type, saved through the ModelManager.
 
 For each metric type with observations in the last ``ML_TRAIN_WINDOW_DAYS``
 days (internal figures such as ``model_load_time`` excluded):
 
-1. **Gate** — fewer than ``ML_MIN_TRAIN_SAMPLES`` observations: skipped, with
-   the reason, and the current model (if any) stays active.
+1. **Gate** — fewer than ``ML_MIN_TRAIN_SAMPLES`` observations (or fewer
+   usable ones: every entity still warming up): skipped, with the reason,
+   and the current model (if any) stays active.
 2. **Evaluation, only where labels exist** — labels come from
    ``extra_data.label`` (``"anomaly"`` / ``"normal"``, as the demo data and
    any labelled import carry) and from alerts marked false positive (their
    observations count as *normal*, overriding anything else).  The window is
    split in time: a model is fitted on the older 80 % and judged on the
-   labelled observations of the newest 20 %, which it has never seen.
+   labelled observations of the newest 20 %, which it has never seen, each
+   scored causally (against its entity's observations before it).
    Accuracy, precision and recall come from that held-out part; any of them
    whose denominator is zero, and all of them when the held-out part has no
    labels, are NULL.  Nothing is ever scored on its own training rows.
-3. **Final model** — refitted on the whole window (the recent data matters
-   most for the per-entity baselines) and saved as the new active version;
-   ``parameters`` records the settings, the window, the label counts and how
-   the metrics were obtained.
+3. **Final model** — refitted on the whole window and saved as the new
+   active version: a :class:`utils.ml.detector.model.TrainedDetector`
+   (feature version 2: per-entity state, one forest over causal deviations,
+   thresholds calibrated per entity; ``ML_CONTAMINATION`` is its calibration
+   target and ``ML_FALSE_ALERTS_PER_ENTITY_DAY`` its alert budget, see the
+   README).  ``parameters`` records the settings, the window, the label
+   counts and how the metrics were obtained.  Models of feature version 1
+   (the pooled pipeline) keep loading and scoring until this replaces them.
 
-Labels are never used for fitting: the forest stays unsupervised.
+Labels are never used for fitting: the detector stays unsupervised.
 """
 from __future__ import annotations
 
@@ -36,16 +42,12 @@ from sqlalchemy.exc import DataError
 from utils.ml import events
 from utils.ml.jobs.interrupt import JobInterrupted, checkpoint
 from utils.ml.pipeline import bad_rows
-from utils.ml.pipeline.features import (
-    DEFAULT_FEATURES,
-    FEATURE_VERSION,
-    INPUT_COLUMNS,
-    MODEL_TYPE,
-    build_pipeline,
-    observation_matrix,
-)
+from utils.ml.detector import model as causal_detector
+from utils.ml.pipeline.batch import ObservationBatch
+from utils.ml.pipeline.features import MODEL_TYPE
+from utils.ml.pipeline.history import entity_codes
 from utils.ml.pipeline.observations import INTERNAL_METRIC_TYPES, check_observed_metric_type
-from utils.ml.pipeline.scoring import score_with_model
+from utils.ml.pipeline.scoring import score_causal
 from utils.models import MLAlert, MLMetric
 from utils.settings import current
 from utils.time import as_utc, utcnow
@@ -73,8 +75,9 @@ class TrainingData:
         return int(self.values.shape[0])
 
     @property
-    def matrix(self) -> np.ndarray:
-        return observation_matrix(self.entity_ids, self.values)
+    def epoch(self) -> np.ndarray:
+        """Observation times as UTC epoch seconds."""
+        return np.fromiter((as_utc(t).timestamp() for t in self.timestamps), dtype=float, count=len(self))
 
 
 def _ratio(numerator: int, denominator: int) -> Optional[float]:
@@ -106,7 +109,7 @@ class ModelTrainer:
     def __init__(self, db: Any, model_manager: Any = None, *, window_days: Optional[int] = None,
                  min_samples: Optional[int] = None, contamination: Optional[float] = None,
                  n_estimators: Optional[int] = None, random_state: int = 42,
-                 features: tuple[str, ...] = DEFAULT_FEATURES, actor: str = "trainer") -> None:
+                 alert_budget: Optional[float] = None, actor: str = "trainer") -> None:
         self.db = db
         self._model_manager = model_manager
         self.window_days = int(window_days if window_days is not None else current("ML_TRAIN_WINDOW_DAYS"))
@@ -114,7 +117,8 @@ class ModelTrainer:
         self.contamination = float(contamination if contamination is not None else current("ML_CONTAMINATION"))
         self.n_estimators = int(n_estimators if n_estimators is not None else current("ML_N_ESTIMATORS"))
         self.random_state = random_state
-        self.features = tuple(features)
+        self.alert_budget = float(alert_budget if alert_budget is not None
+                                  else current("ML_FALSE_ALERTS_PER_ENTITY_DAY"))
         self.actor = actor
 
     @property
@@ -185,9 +189,15 @@ class ModelTrainer:
         return TrainingData(ids, entities, values, [r[3] for r in rows], labels, int(marked.sum()), dropped)
 
     # ------------------------------------------------------------ training
-    def _pipeline(self):
-        return build_pipeline(contamination=self.contamination, n_estimators=self.n_estimators,
-                              random_state=self.random_state, features=self.features)
+    def settings(self) -> causal_detector.DetectorSettings:
+        """The detector's settings from the service's (a bad combination raises ValueError naming it)."""
+        return causal_detector.DetectorSettings(
+            contamination=self.contamination, false_alerts_per_entity_day=self.alert_budget,
+            n_estimators=self.n_estimators, random_state=self.random_state)
+
+    def _fit(self, data: TrainingData, upto: int, now: float) -> Optional[causal_detector.TrainedDetector]:
+        return causal_detector.train(entity_codes(data.entity_ids[:upto]), data.epoch[:upto], data.values[:upto],
+                                     self.settings(), now=now)
 
     def _evaluate_on_holdout(self, data: TrainingData) -> dict[str, Any]:
         n = len(data)
@@ -198,16 +208,28 @@ class ModelTrainer:
         if not np.any(holdout_labels >= 0):
             info.update(method=None, reason="no labelled observations in the held-out (newest) part of the window")
             return info
-        if split < 2:
+        epoch = data.epoch
+        model = self._fit(data, split, float(epoch[split])) if split >= 2 else None
+        if model is None:
             info.update(method=None, reason="too few observations before the held-out part to fit a model")
             return info
         info["split_at"] = as_utc(data.timestamps[split]).isoformat()
-        matrix = data.matrix
-        model = self._pipeline().fit(matrix[:split])
-        predicted = score_with_model(model, matrix[split:]).is_anomaly
+        codes = entity_codes(data.entity_ids)
+        batch = ObservationBatch.from_arrays(data.values[split:], data.entity_ids[split:], timestamps=epoch[split:])
+        history = (codes[:split], epoch[:split], data.values[:split])
+        predicted = score_causal(model, batch, history).is_anomaly
         info.update(evaluate(predicted, holdout_labels))
-        info["note"] = "metrics of a model fitted on the older part, judged on the newer; the saved model is refitted on the whole window"
+        info["note"] = ("metrics of a model fitted on the older part, judged causally on the newer; "
+                        "the saved model is refitted on the whole window")
         return info
+
+    def _skip(self, result: dict[str, Any], metric_type: str, reason: str, samples: int, started: float,
+              code: str) -> dict[str, Any]:
+        result["skipped"] = reason
+        result["seconds"] = round(time.perf_counter() - started, 3)
+        events.emit("training_skipped", f"Training skipped for {metric_type}: {reason}",
+                    metric_type=metric_type, samples=samples, reason=code)
+        return result
 
     def train_one(self, metric_type: str, now: Optional[datetime] = None) -> dict[str, Any]:
         """Train, evaluate (if labelled) and save one metric type's model; return its summary.
@@ -228,31 +250,26 @@ class ModelTrainer:
         result["bad_rows"] = data.bad_rows
         bad_rows.report("train_models", metric_type, data.bad_rows)
         if len(data) < self.min_samples:
-            result["skipped"] = (f"{len(data)} observations in the last {self.window_days} days, "
-                                 f"fewer than ML_MIN_TRAIN_SAMPLES={self.min_samples}")
-            result["seconds"] = round(time.perf_counter() - started, 3)
-            events.emit("training_skipped", f"Training skipped for {metric_type}: {result['skipped']}",
-                        metric_type=metric_type, samples=len(data), reason="min_samples")
-            return result
-
+            return self._skip(result, metric_type, f"{len(data)} observations in the last {self.window_days} days, "
+                              f"fewer than ML_MIN_TRAIN_SAMPLES={self.min_samples}", len(data), started,
+                              "min_samples")
         evaluation = self._evaluate_on_holdout(data)
         checkpoint(f"before fitting {metric_type}")
-        model = self._pipeline().fit(data.matrix)
-        forest = model.steps[-1][1]
-        transformer = model.steps[0][1]
+        model = self._fit(data, len(data), now.timestamp())
+        if model is None:
+            return self._skip(result, metric_type, f"fewer than {self.settings().min_samples} "
+                              "observations with enough earlier ones of their entity", len(data), started,
+                              "min_samples")
         entities = int(np.unique(data.entity_ids[~np.isnan(data.entity_ids)]).size)
         labels = {"anomaly": int(np.sum(data.labels == LABEL_ANOMALY)),
                   "normal": int(np.sum(data.labels == LABEL_NORMAL)),
                   "false_positive_alerts": data.false_positives}
         parameters = {
-            "feature_version": FEATURE_VERSION,
-            "input_columns": list(INPUT_COLUMNS),
-            "features": list(transformer.features),
-            "min_entity_samples": transformer.min_entity_samples,
-            "entities_with_baseline": int(transformer.entity_ids_.size),
-            "iforest": {"n_estimators": forest.n_estimators, "max_samples": forest.max_samples,
-                        "contamination": forest.contamination, "random_state": forest.random_state},
-            "threshold": round(-float(forest.offset_), 6),
+            "feature_version": causal_detector.FEATURE_VERSION,
+            "detector": "causal_per_entity",
+            "settings": dict(model.settings),
+            "usable_samples": model.samples,
+            "entities_with_state": int(model.stats.ids.size),
             "window": {
                 "days": self.window_days, "start": since.isoformat(), "end": now.isoformat(),
                 "first_observation": as_utc(data.timestamps[0]).isoformat(),

@@ -35,6 +35,8 @@ class ObservationBatch:
     # the watermark steps over a bad row once instead of re-reading it forever.
     last_read_id: Optional[int] = None
     dropped: int = 0
+    # Observation times, UTC epoch seconds (float): what causal scoring orders by; None when unknown.
+    timestamps: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
@@ -44,7 +46,8 @@ class ObservationBatch:
         return observation_matrix(self.entity_ids, self.values)
 
     @classmethod
-    def from_arrays(cls, values: Any, entity_ids: Any = None, observation_ids: Any = None) -> "ObservationBatch":
+    def from_arrays(cls, values: Any, entity_ids: Any = None, observation_ids: Any = None,
+                    timestamps: Any = None) -> "ObservationBatch":
         values = np.asarray(values, dtype=float).reshape(-1)
         if not np.all(np.isfinite(values)):
             bad = int(np.flatnonzero(~np.isfinite(values))[0])
@@ -54,7 +57,8 @@ class ObservationBatch:
         else:
             entities = np.asarray(entity_ids, dtype=float).reshape(-1)
         ids = None if observation_ids is None else np.asarray(observation_ids, dtype=np.int64).reshape(-1)
-        return cls(values, entities, ids, has_entities=entity_ids is not None)
+        times = None if timestamps is None else np.asarray(timestamps, dtype=float).reshape(-1)
+        return cls(values, entities, ids, has_entities=entity_ids is not None, timestamps=times)
 
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> "ObservationBatch":
@@ -125,18 +129,18 @@ def _finite(value: Any, index: int) -> float:
 # holding the GIL, which matters when the page is read on a second thread
 # while the first one scores (:class:`BatchReader` below).
 
-_PAGE_SQL = ("SELECT id, entity_id, metric_value FROM ml_metrics "
+_PAGE_SQL = ("SELECT id, entity_id, metric_value, {ts} FROM ml_metrics "
              "WHERE metric_type = {p} AND id > {p} AND id <= {p} ORDER BY id LIMIT {p}")
-# Every column is cast to a fixed-width binary type and a missing entity
-# becomes NaN, so each row has the same 38 bytes.  ORDER BY names the table's
-# column: the output column ``id`` is the int8 cast, which no index serves.
-_COPY_SQL = ("COPY (SELECT id::int8, coalesce(entity_id::float8, 'NaN'), coalesce(metric_value::float8, 'NaN') "
-             "FROM ml_metrics "
+# Every column is cast to a fixed-width binary type and a missing entity (or
+# value) becomes NaN, so each row has the same 50 bytes.  ORDER BY names the
+# table's column: the output column ``id`` is the int8 cast, which no index serves.
+_COPY_SQL = ("COPY (SELECT id::int8, coalesce(entity_id::float8, 'NaN'), coalesce(metric_value::float8, 'NaN'), "
+             "coalesce(CAST(EXTRACT(EPOCH FROM timestamp) AS float8), 'NaN') FROM ml_metrics "
              "WHERE metric_type = %s AND id > %s AND id <= %s ORDER BY ml_metrics.id LIMIT %s) "
              "TO STDOUT (FORMAT binary)")
 _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 _COPY_ROW = np.dtype([("fields", ">i2"), ("len_id", ">i4"), ("id", ">i8"), ("len_entity", ">i4"),
-                      ("entity", ">f8"), ("len_value", ">i4"), ("value", ">f8")])
+                      ("entity", ">f8"), ("len_value", ">i4"), ("value", ">f8"), ("len_ts", ">i4"), ("ts", ">f8")])
 
 
 def read_page(dbapi_connection: Any, dialect_name: str, metric_type: str, after: int, upper: int,
@@ -148,24 +152,27 @@ def read_page(dbapi_connection: Any, dialect_name: str, metric_type: str, after:
             buffer = io.BytesIO()
             cursor.copy_expert(cursor.mogrify(_COPY_SQL, (metric_type, after, upper, limit)).decode(), buffer)
             return decode_copy(buffer.getbuffer())
+        from utils.ml.pipeline.history import epoch_sql
+
         placeholder = "%s" if dialect_name != "sqlite" else "?"
-        cursor.execute(_PAGE_SQL.format(p=placeholder), (metric_type, after, upper, limit))
+        cursor.execute(_PAGE_SQL.format(p=placeholder, ts=epoch_sql(dialect_name)), (metric_type, after, upper, limit))
         rows = cursor.fetchall()
     finally:
         cursor.close()
     # None -> NaN in the same C-level pass; float64 holds ids exactly up to 2**53.
-    table = np.array(rows, dtype=float).reshape(-1, 3)
-    return _page(table[:, 2], table[:, 1], table[:, 0].astype(np.int64))
+    table = np.array(rows, dtype=float).reshape(-1, 4)
+    return _page(table[:, 2], table[:, 1], table[:, 0].astype(np.int64), table[:, 3])
 
 
-def _page(values: np.ndarray, entity_ids: np.ndarray, observation_ids: np.ndarray) -> ObservationBatch:
-    """A scan page without its unusable rows (non-finite value), remembering the last id read."""
-    ok = np.isfinite(values)
+def _page(values: np.ndarray, entity_ids: np.ndarray, observation_ids: np.ndarray,
+          timestamps: np.ndarray) -> ObservationBatch:
+    """A scan page without its unusable rows (non-finite value or no time), remembering the last id read."""
+    ok = np.isfinite(values) & np.isfinite(timestamps)
     dropped = int(ok.size - int(ok.sum()))
     last_read_id = int(observation_ids[-1]) if observation_ids.size else None
     if dropped:
-        values, entity_ids, observation_ids = values[ok], entity_ids[ok], observation_ids[ok]
-    page = ObservationBatch(values, entity_ids, observation_ids, has_entities=True)
+        values, entity_ids, observation_ids, timestamps = values[ok], entity_ids[ok], observation_ids[ok], timestamps[ok]
+    page = ObservationBatch(values, entity_ids, observation_ids, has_entities=True, timestamps=timestamps)
     page.last_read_id, page.dropped = last_read_id, dropped
     return page
 
@@ -180,10 +187,11 @@ def decode_copy(data: Any) -> ObservationBatch:
     if len(body) % _COPY_ROW.itemsize:
         raise ValueError(f"binary COPY body of {len(body)} bytes is not whole rows of {_COPY_ROW.itemsize}")
     rows = np.frombuffer(body, dtype=_COPY_ROW)
-    if not (np.all(rows["fields"] == 3) and np.all(rows["len_id"] == 8) and np.all(rows["len_entity"] == 8)
-            and np.all(rows["len_value"] == 8)):
-        raise ValueError("binary COPY rows are not (int8, float8, float8)")
-    return _page(rows["value"].astype(float), rows["entity"].astype(float), rows["id"].astype(np.int64))
+    if not (np.all(rows["fields"] == 4) and np.all(rows["len_id"] == 8) and np.all(rows["len_entity"] == 8)
+            and np.all(rows["len_value"] == 8) and np.all(rows["len_ts"] == 8)):
+        raise ValueError("binary COPY rows are not (int8, float8, float8, float8)")
+    return _page(rows["value"].astype(float), rows["entity"].astype(float), rows["id"].astype(np.int64),
+                 rows["ts"].astype(float))
 
 
 # A page read on the reader's own connection may take at most this long
@@ -296,7 +304,7 @@ class BatchReader:
             with self.engine.connect() as connection:
                 while not (halt.is_set() or self.stop.is_set()):
                     if after >= self.upper:
-                        page = _page(np.empty(0), np.empty(0), np.empty(0, dtype=np.int64))
+                        page = _page(np.empty(0), np.empty(0), np.empty(0, dtype=np.int64), np.empty(0))
                     else:
                         with connection.begin():
                             connection.exec_driver_sql(f"SET LOCAL statement_timeout = {READ_TIMEOUT_MS}")

@@ -294,6 +294,7 @@ class DetectItem(ResponseModel):
                                                "Z-score: |z|); null if not representable")
     severity: Optional[str] = Field(description="low, medium, high or critical for anomalies, else null")
     expected_value: Optional[float] = None
+    threshold: Optional[float] = Field(default=None, description="this value's own threshold (per entity)")
     entity_id: Optional[int] = None
     timestamp: Optional[datetime] = None
 
@@ -349,6 +350,7 @@ class Alert(ResponseModel):
     read_at: Optional[datetime]
     is_false_positive: bool
     false_positive_at: Optional[datetime]
+    incident_id: Optional[int] = None
 
 
 class AlertPageOut(ResponseModel):
