@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Optional
 
-from utils.ml.store.base import StoredFile
+from utils.ml.store.base import ModelStoreError, StoredFile
 from utils.ml.store.local import MODEL_SUFFIXES, TEMP_PREFIX
 
 UPLOAD_SEPARATOR = "?uploadId="  # temp-file keys of unfinished multipart uploads: "<key>?uploadId=<id>"
