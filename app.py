@@ -31,6 +31,7 @@ COMPONENTS = (
     "utils.web.dashboard",
     "utils.ml.jobs.scheduler",
     "utils.ml.notify",
+    "utils.ml.promotion",
 )
 
 
