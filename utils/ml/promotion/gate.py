@@ -139,4 +139,8 @@ def judge(numbers: dict[str, Any], cfg: GateSettings) -> tuple[bool, str, list[s
             notes.append(f"agreement not judged: {numbers['flagged_either']} flagged observations")
         elif numbers["agreement"] < cfg.min_agreement:
             problems.append(f"agreement {numbers['agreement']:.3f} on flagged observations < {cfg.min_agreement:g}")
-    return not problems, "rates", problems + notes
+    summary = f"alert rate {rate:.4f} (target {cfg.target_rate:g}"
+    if champion is not None:
+        summary += f", champion {champion['alert_rate']:.4f}; KS {numbers['score_shift_ks']:.3f}, " \
+                   f"agreement {numbers['agreement']:.3f}"
+    return not problems, "rates", problems + notes + [summary + ")"]
