@@ -49,6 +49,8 @@ def settings_for(app: Flask) -> dict:
 
 
 def init_app(app: Flask) -> None:
-    """Load and check the settings, keep them on the app, register the ``job_failed`` producer."""
+    """Load and check the settings, keep them on the app, register the ``job_failed`` producer and
+    ``flask ml notify-test``."""
     app.extensions[EXTENSION] = NotifyState(settings=settings_for(app))
     events.add_listener(on_event)
+    register_cli(app)  # flask ml notify-test
