@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from tests.notify_helpers import SECRET, make_notify_app, receiver, webhook_settings  # noqa: F401 - fixtures
 from tests.pipeline_helpers import unlabelled_series
+from tests.promutil import matching, parse, value
 from utils.extensions import db
 from utils.ml.jobs import run_job_now
 from utils.ml.model_trainer import ModelTrainer
@@ -93,6 +94,14 @@ def test_a_real_shift_triggers_one_retraining_and_one_notification(make_notify_a
         assert [r.triggered for r in reports] == [True, False] and reports[0].job_run_id == run.id
 
         deliver_pending()
+    # On /metrics: the latest report of each active type, bounded labels.
+    response = app.test_client().get("/metrics")
+    assert response.status_code == 200
+    _, samples = parse(response.get_data(as_text=True))
+    labels = {"model_type": "isolation_forest", "metric_type": METRIC}
+    assert value(samples, "ml_drift_psi", **labels) == pytest.approx(reports[-1].psi)
+    assert value(samples, "ml_drift_detected", **labels) == 1.0
+    assert [dict(key)["metric_type"] for key in matching(samples, "ml_drift_ks")] == [METRIC]
     drift = [m for m in receiver.received() if json.loads(m["body"])["kind"] == "drift"]
     assert len(drift) == 1
     body = json.loads(drift[0]["body"])
