@@ -33,6 +33,7 @@ COMPONENTS = (
     "utils.web.dashboard",
     "utils.ml.jobs.scheduler",
     "utils.ml.notify",
+    "utils.ml.promotion",
 )
 
 

@@ -1,10 +1,12 @@
 """The one job runner: every run of a job, from the CLI, the API or the scheduler, goes through it.
 
-``JOBS`` (:mod:`utils.ml.jobs.definitions`) names the three jobs
-(``anomaly_scan``, ``train_models``, ``cleanup_models``).  Every run is a
-row in ``ml_job_runs`` (:mod:`utils.ml.jobs.records`) whose ``details``
-say its ``trigger`` — ``cli`` (``flask ml train|scan|cleanup``), ``api``
-(``POST /api/ml/train|scan|cleanup``) or ``schedule`` — and every run goes
+``JOBS`` (:mod:`utils.ml.jobs.definitions`) names the jobs
+(``anomaly_scan``, ``train_models``, ``cleanup_models``, ``drift_check``,
+``notify_deliver``).  Every run is a row in ``ml_job_runs``
+(:mod:`utils.ml.jobs.records`) whose ``details`` say its ``trigger`` —
+``cli`` (``flask ml train|scan|cleanup``), ``api`` (``POST
+/api/ml/train|scan|cleanup``), ``schedule``, or ``drift`` (the retraining a
+drift check started) — and every run goes
 through the same two guards:
 
 * **The job lock** (:func:`job_lock`): a cross-process lock per job name
@@ -67,7 +69,9 @@ __all__ = ["JOBS", "JobBusyError", "JobError", "TRIGGERS", "UnknownJobError", "j
 TRIGGER_CLI = "cli"
 TRIGGER_API = "api"
 TRIGGER_SCHEDULE = "schedule"
-TRIGGERS = (TRIGGER_CLI, TRIGGER_API, TRIGGER_SCHEDULE)
+TRIGGER_DRIFT = "drift"  # a retraining started by the drift check (utils.ml.promotion.drift_job)
+TRIGGERS = (TRIGGER_CLI, TRIGGER_API, TRIGGER_SCHEDULE, TRIGGER_DRIFT)
+ON_DEMAND = (TRIGGER_CLI, TRIGGER_API, TRIGGER_DRIFT)
 SCHEDULER_ACTOR = "scheduler"
 
 
@@ -150,7 +154,7 @@ def _run(job: Job, run_id: int, trigger: str, scheduled_for: datetime, details: 
 
 
 def run_job_now(name: str, actor: str, *, trigger: str, **params: Any) -> dict[str, Any]:
-    """Run job ``name`` right now in this process, on behalf of ``actor``; ``trigger`` is ``cli`` or ``api``.
+    """Run job ``name`` right now in this process, on behalf of ``actor``; ``trigger`` is ``cli``, ``api`` or ``drift``.
 
     Needs an app context.  Returns ``job``, ``run_id``, ``trigger``,
     ``scheduled_for``, ``status`` ("success"), ``duration_s`` and ``result``.
@@ -161,8 +165,8 @@ def run_job_now(name: str, actor: str, *, trigger: str, **params: Any) -> dict[s
     function (e.g. ``metric_type`` for training).
     """
     job = get_job(name)
-    if trigger not in (TRIGGER_CLI, TRIGGER_API):
-        raise InvalidInput("trigger", f"must be {TRIGGER_CLI} or {TRIGGER_API} (got {trigger!r})")
+    if trigger not in ON_DEMAND:
+        raise InvalidInput("trigger", f"must be one of {', '.join(ON_DEMAND)} (got {trigger!r})")
     app = current_app._get_current_object()
     lock = job_lock(name, app)
     if not lock.try_acquire():

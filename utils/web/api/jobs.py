@@ -9,7 +9,7 @@ from utils.web.api.framework import ApiError, actor_of, operation
 from utils.web.errors import is_database_unavailable
 
 
-def _run_job(name: str, body: s.JobRequest | s.CleanupRequest) -> s.JobResult:
+def _run_job(name: str, body: s.JobRequest | s.TrainRequest | s.CleanupRequest) -> s.JobResult:
     actor = actor_of(body.actor)
     try:
         # The scheduler's runner: same job, same cross-process busy check, a recorded run.
@@ -27,10 +27,10 @@ def _run_job(name: str, body: s.JobRequest | s.CleanupRequest) -> s.JobResult:
     return s.JobResult.model_validate({**outcome, "actor": actor})
 
 
-@operation("POST", "/train", response=s.JobResult, body=s.JobRequest, body_required=False, errors=(409, 500),
-           tag="jobs", summary="Train the models now (the same job the scheduler runs)")
-def train(body: s.JobRequest) -> s.JobResult:
-    """409 while training is already running in any process."""
+@operation("POST", "/train", response=s.JobResult, body=s.TrainRequest, body_required=False, errors=(409, 500),
+           tag="jobs", summary="Train the models now (the same job the scheduler runs); the gate decides promotion")
+def train(body: s.TrainRequest) -> s.JobResult:
+    """409 while training is already running in any process.  ``promote``: auto (default), never or always."""
     return _run_job("train_models", body)
 
 

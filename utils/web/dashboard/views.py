@@ -186,9 +186,13 @@ def index() -> str:
                                      y_label=lambda v: f"{v:.0f}%", y_max=100.0,
                                      empty="No model loads recorded yet"),
     }
+    from utils.web.dashboard.promotion import panels
+
+    promotion = panels()
+    charts["drift"] = promotion["drift_chart"]
     return render_template(
         "dashboard/index.html", groups=groups, charts=charts, load_totals=load_totals,
-        store=dashboard_data.store_usage(), jobs=dashboard_data.last_job_runs(),
+        store=dashboard_data.store_usage(), jobs=dashboard_data.last_job_runs(), pins=promotion["pins"],
         incidents=incident_service.list_incidents(per_page=INCIDENTS_SHOWN),
     )
 
