@@ -185,3 +185,21 @@ def test_3000_invented_metric_types_leave_the_scrape_small(app, client, auth_hea
     assert "invented_" not in after
     assert len(fallbacks) < 40, sorted(fallbacks)
     assert len(after) - len(before) < 5000, (len(before), len(after))
+
+
+def test_sign_in_state_and_nonce_belong_to_one_request_even_inside_a_longer_app_context(app):
+    # A CLI command or a test may push one app context around several requests:
+    # ``g`` then outlives each request, so neither the signed-in check nor the CSP
+    # nonce may be kept there (a cached "signed out" locked the user out; a nonce
+    # must never repeat).
+    with app.app_context():
+        client = app.test_client()
+        first = client.get("/ml/dashboard/login")
+        token = csrf_from(first)
+        assert client.post("/ml/dashboard/login", data={"csrf_token": token, "token": TOKEN}).status_code == 302
+        page = client.get("/ml/dashboard")
+        assert page.status_code == 200
+        nonces = [re.findall(r"'nonce-([^']+)'", r.headers["Content-Security-Policy"])
+                  for r in (first, page, client.get("/ml/dashboard"))]
+        flat = [n for found in nonces for n in found]
+        assert len(flat) == len(set(flat))
