@@ -29,6 +29,7 @@ def test_ready_503_names_the_models_directory_when_it_is_not_writable(app, clien
         pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
     try:
         app.config["ML_MODELS_DIR"] = str(ro)
+        app.config["ML_READY_MIN_FREE_MB"] = 0  # the 1 MB tmpfs: this test is about the write
         response = client.get("/ready")
         body = response.get_json()
         assert response.status_code == 503

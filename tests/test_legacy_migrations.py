@@ -27,22 +27,6 @@ REVISIONS = [r.revision for r in reversed(list(ScriptDirectory(str(ROOT / "migra
 HEAD = REVISIONS[-1]
 
 
-@pytest.fixture(scope="session")
-def legacy_templates(pg_available, tmp_path_factory):
-    """state -> (template database, what it holds); each built on first use."""
-    built: dict[str, tuple[str, schema.LegacyState]] = {}
-
-    def get(state: str) -> tuple[str, schema.LegacyState]:
-        if state not in built:
-            name = dbutil.create_pg_database(prefix=f"mllegacy{state.lower()}")
-            built[state] = (name, schema.build(dbutil.pg_url(name), state, tmp_path_factory.mktemp(f"volume_{state}")))
-        return built[state]
-
-    yield get
-    for name, _ in built.values():
-        dbutil.drop_pg_database(name)
-
-
 @pytest.fixture(params=schema.STATES)
 def legacy(request, legacy_templates, tmp_path):
     """A fresh copy of one state: (url, HotelApp, models dir of this service)."""

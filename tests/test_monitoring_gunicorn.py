@@ -22,6 +22,7 @@ import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,14 @@ def served(pg_available, tmp_path_factory):
     served = Served(f"http://127.0.0.1:{port}", proc, log, cli_log, prom_dir, models_dir)
     try:
         wait_until(lambda: len(served.workers()) == 2 and _ready(served.base), 60, "gunicorn ready", [proc], [log])
-        for _ in range(3):
+        for round_ in range(3):
+            if round_:
+                # A new observation of each type: the same data would make no new version.
+                stamp = (datetime.now(timezone.utc) - timedelta(seconds=5)).isoformat()
+                added = served.post("/api/ml/metrics", {"observations": [
+                    {"metric_type": name, "entity_id": 1, "metric_value": 5.0 + round_, "timestamp": stamp}
+                    for name in ("stok_seviye", "tuketim_miktar", "dolum_sure")]})
+                assert added.status_code == 201, added.text
             response = served.post("/api/ml/train")
             served.job_statuses.append(("train_models", response.status_code))
             assert response.status_code == 200, response.text

@@ -27,7 +27,7 @@ BAD_VALUES = [
     ("ML_ENABLED", "maybe", "config error: ML_ENABLED='maybe': expected true or false"),
     ("ML_MAX_MODEL_MB", "ten", "config error: ML_MAX_MODEL_MB='ten': expected a number"),
     ("ML_MAX_MODEL_MB", "nan", "config error: ML_MAX_MODEL_MB='nan': expected a finite number"),
-    ("ML_CONTAMINATION", "0.9", "config error: ML_CONTAMINATION='0.9': must be at most 0.5"),
+    ("ML_CONTAMINATION", "0.9", "config error: ML_CONTAMINATION='0.9': must be at most 0.49"),
     ("ML_LOAD_RETRY_DELAYS", "1,two,4",
      "config error: ML_LOAD_RETRY_DELAYS='1,two,4': expected comma-separated numbers (expected a number)"),
     ("ML_DASHBOARD_SESSION_HOURS", "0", "config error: ML_DASHBOARD_SESSION_HOURS='0': must be at least 0.01"),
@@ -107,7 +107,7 @@ def test_outside_an_app_code_reads_the_tables_defaults():
     assert settings.current("ML_KEEP_VERSIONS") == 3
     trainer = ModelTrainer(db)
     assert (trainer.window_days, trainer.min_samples, trainer.contamination, trainer.n_estimators) == \
-        (60, 50, 0.02, 200)
+        (60, 50, 0.02, 100)
     manager = ModelManager(db, models_dir=str(ROOT / "ml_models"), create_directory=False)
     assert manager.max_bytes == 10 * 1024 * 1024 and manager.retry_delays == (1.0, 2.0, 4.0)
     assert (manager.cache_size, manager.cache_ttl, manager.compress) == (32, 30.0, False)

@@ -205,8 +205,12 @@ def test_a_model_trained_by_one_process_is_used_by_another_within_one_cache_ttl(
         assert _seen(watch_log)[0]["reason"] == "no_active_model"
         model_ids = []
         for version in (1, 2):
-            train = start([str(Path(sys.executable).parent / "flask"), "ml", "train", "--metric-type", METRIC],
-                          base_env(tmp_path, ML_MODELS_DIR=str(trainer_dir), **common), tmp_path / "train.log")
+            # Another setting each time (the same data and settings make no new version), activated
+            # whatever the promotion gate thinks of it.
+            train = start([str(Path(sys.executable).parent / "flask"), "ml", "train", "--metric-type", METRIC,
+                           "--promote", "always"],
+                          base_env(tmp_path, ML_MODELS_DIR=str(trainer_dir), **dict(common, ML_N_ESTIMATORS=str(
+                              19 + version))), tmp_path / "train.log")
             assert train.wait(timeout=120) == 0, (tmp_path / "train.log").read_text()
             done = time.time()
             engine_app = dbutil.make_app(database_url, tmp_path / "unused")

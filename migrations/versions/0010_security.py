@@ -3,13 +3,13 @@
 Additive; downgrade drops only these two tables.
 
 Revision ID: 0010_security
-Revises: 0008_alert_observation_set_null
+Revises: 0009_incidents
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0010_security"
-down_revision = "0008_alert_observation_set_null"
+down_revision = "0009_incidents"
 branch_labels = None
 depends_on = None
 

@@ -23,11 +23,12 @@ from flask import Blueprint, Response, current_app, request
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from utils.extensions import db
+from utils.db_bounds import DatabaseUnavailable
 from utils.ml.validation import InvalidInput, rule_text
 from utils.web.api.openapi import Operation
 from utils.web.api.base import ErrorResponse, FieldError
 from utils.web.auth import check_request
+from utils.web.errors import unavailable_response
 
 API_PREFIX = "/api/ml"
 API_VERSION = "1.0.0"
@@ -228,14 +229,10 @@ def _invalid_input(exc: InvalidInput) -> Response:
 
 @bp.errorhandler(OperationalError)
 @bp.errorhandler(DBAPIError)
-def _database_error(exc: DBAPIError) -> Response:
-    # The database went away (or refused the connection): the service is unavailable, not broken.
-    try:
-        db.session.rollback()
-    except Exception:  # the connection may be gone for good; the pool will replace it
-        pass
-    current_app.logger.warning("database error in %s: %s", request.path, exc.__class__.__name__)
-    return error_json(503, f"database unavailable: {str(exc.orig or exc).splitlines()[0][:200]}")
+@bp.errorhandler(DatabaseUnavailable)
+def _database_error(exc: Exception) -> Response:
+    # The database went away, froze or refused the connection: the service is unavailable, not broken.
+    return unavailable_response(exc)
 
 
 def actor_of(name: Optional[str]) -> str:

@@ -124,6 +124,19 @@ def _component_schemas(operations: list[Operation]) -> tuple[dict, dict[str, Any
     return refs, top.get("$defs", {})
 
 
+def _close_pattern_objects(node: Any) -> None:
+    """``dict[ConstrainedKey, V]`` becomes ``patternProperties``, which alone lets any key that
+    does not match through; pydantic refuses such keys, so the document says so too."""
+    if isinstance(node, dict):
+        if "patternProperties" in node and "additionalProperties" not in node:
+            node["additionalProperties"] = False
+        for value in node.values():
+            _close_pattern_objects(value)
+    elif isinstance(node, list):
+        for value in node:
+            _close_pattern_objects(value)
+
+
 def build_document(operations: list[Operation], *, title: str, version: str, description: str = "") -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``operations``."""
     refs, components = _component_schemas(operations)
@@ -159,6 +172,7 @@ def build_document(operations: list[Operation], *, title: str, version: str, des
             entry["requestBody"] = {"required": op.body_required,
                                     "content": _json_content(refs[(op.body, "validation")])}
         paths.setdefault(op.openapi_path, {})[op.method.lower()] = entry
+    _close_pattern_objects(components)
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version, "description": description},

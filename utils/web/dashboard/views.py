@@ -33,6 +33,7 @@ from flask import (
 )
 from werkzeug.wrappers import Response
 
+from utils.ml.incidents import service as incident_service
 from utils.ml.model_manager import get_model_manager
 from utils.ml.store import catalog
 from utils.web.auth import NOT_CONFIGURED, token_matches
@@ -48,6 +49,7 @@ SESSION_ID = "ml_sid"
 CSRF_FIELD = "csrf_token"
 ACTOR = "dashboard"
 MAX_REASON = 200
+INCIDENTS_SHOWN = 20  # the latest incidents on the front page (the API lists them all)
 
 
 def _token_fingerprint(token: str) -> str:
@@ -184,9 +186,14 @@ def index() -> str:
                                      y_label=lambda v: f"{v:.0f}%", y_max=100.0,
                                      empty="No model loads recorded yet"),
     }
+    from utils.web.dashboard.promotion import panels
+
+    promotion = panels()
+    charts["drift"] = promotion["drift_chart"]
     return render_template(
         "dashboard/index.html", groups=groups, charts=charts, load_totals=load_totals,
-        store=dashboard_data.store_usage(), jobs=dashboard_data.last_job_runs(),
+        store=dashboard_data.store_usage(), jobs=dashboard_data.last_job_runs(), pins=promotion["pins"],
+        incidents=incident_service.list_incidents(per_page=INCIDENTS_SHOWN),
     )
 
 
@@ -210,6 +217,17 @@ def activate(model_id: int) -> Any:
         flash(f"Model {model_id} already is the active {result['model_type']}/{result['metric_type']}; "
               "nothing was changed.")
     return redirect(url_for("dashboard.index") + f"#type-{result['model_type']}-{result['metric_type']}")
+
+
+@bp.post("/incidents/<int:incident_id>/false-positive")
+def incident_false_positive(incident_id: int) -> Any:
+    """Mark an incident, and so every alert of it, a false positive (the API's operation)."""
+    try:
+        incident = incident_service.mark_false_positive(incident_id)
+    except incident_service.IncidentNotFoundError as exc:
+        return _refuse(404, "Not marked", f"{exc}; nothing was changed.")
+    flash(f"Incident {incident_id} ({incident['alert_count']} alerts) marked a false positive.")
+    return redirect(url_for("dashboard.index") + "#incidents")
 
 
 def init_app(app: Flask) -> None:
