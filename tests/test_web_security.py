@@ -84,6 +84,31 @@ def test_next_keeps_a_plain_dashboard_path(client):
     assert response.location == "/ml/dashboard/?x=1"
 
 
+# ------------------------------------------------------------- SECRET_KEY
+def test_an_anonymous_cookie_does_not_verify_under_the_token(monkeypatch, database_url, models_dir):
+    """Issue 12: with SECRET_KEY unset the cookie of GET /ml/dashboard/login was signed with the token,
+    an offline oracle for token guesses.  Now the key is never the token."""
+    from flask import Flask
+    from flask.sessions import SecureCookieSessionInterface
+    from itsdangerous import BadSignature
+
+    from app import create_app
+
+    monkeypatch.setenv("ML_ADMIN_TOKEN", TOKEN)
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url, "ML_MODELS_DIR": str(models_dir)})
+    assert app.secret_key and app.secret_key != TOKEN
+    client = app.test_client()
+    client.get("/ml/dashboard/login")
+    cookie = client.get_cookie("session").value
+    guesser = Flask("guesser")
+    guesser.secret_key = TOKEN
+    with pytest.raises(BadSignature):
+        SecureCookieSessionInterface().get_signing_serializer(guesser).loads(cookie)
+    with app.app_context():
+        db.engine.dispose()
+
+
 # ---------------------------------------------------------------- path ids
 def test_path_ids_must_be_plain_digits(app, client, auth_headers):
     with app.app_context():
