@@ -203,9 +203,10 @@ class ModelTrainer:
         return info
 
     def _fingerprint(self, data: TrainingData) -> str:
-        settings = {"feature_version": FEATURE_VERSION, "features": list(self.features),
-                    "contamination": self.contamination, "n_estimators": self.n_estimators,
-                    "random_state": self.random_state, "window_days": self.window_days}
+        # Every plain parameter of the pipeline as built (a subclass's changes count), plus the window.
+        built = {name: value for name, value in self._pipeline().get_params(deep=True).items()
+                 if value is None or isinstance(value, (str, int, float, bool, tuple, list))}
+        settings = {"feature_version": FEATURE_VERSION, "pipeline": built, "window_days": self.window_days}
         return fingerprint(data.ids, data.entity_ids, data.values, data.timestamps, data.labels, settings)
 
     @staticmethod
