@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import numpy as np
 import pytest
 from flask import current_app
 from sqlalchemy import select
@@ -20,6 +21,8 @@ from utils.extensions import db
 from utils.ml.model_manager import get_model_manager
 from utils.ml.model_trainer import ModelTrainer
 from utils.ml.pipeline.observations import ingest_observations
+from utils.ml.pipeline.features import build_pipeline
+from utils.ml.promotion.decide import decide
 from utils.ml.promotion.models import GateDecision
 from utils.ml.promotion.pins import unpin
 from utils.ml.store import catalog
@@ -176,3 +179,18 @@ def test_a_rollback_pins_the_type_until_unpinned(app_ctx):
     app_ctx.config["ML_GATE_MAX_F1_DROP"] = 1.0  # any challenger passes: only a pin could stop it now
     after = _train()
     assert after["promotion"]["decision"] == "promoted" and _active() == after["model_id"]
+
+
+def test_a_challenger_whose_file_fails_verification_is_rejected_and_the_champion_stays(app_ctx, models_dir):
+    champion, _ = _hotel_then_more_days()
+    kept = _train(promote="never")
+    row = db.session.get(MLModel, kept["model_id"])
+    path = models_dir / row.model_path
+    db.session.rollback()
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")  # same size, other bytes: the checksum fails
+    model = build_pipeline().fit(np.array([[1.0, float(v)] for v in range(60)]))
+    result = decide(get_model_manager(), model_type="isolation_forest", metric_type=METRIC,
+                    challenger_id=kept["model_id"], challenger=model, matrix=np.array([[1.0, 3.0]] * 40),
+                    labels=np.full(40, -1, dtype=np.int8), mode="always", actor="test")
+    assert result["decision"] == "rejected" and result["reason"].startswith("activation refused")
+    assert _active() == champion and _decisions()[-1].decision == "rejected"

@@ -29,6 +29,7 @@ from utils.ml.pipeline.scoring import score_with_model
 from utils.ml.promotion.gate import GateSettings, judge, measure
 from utils.ml.promotion.models import HELD, KEPT, PROMOTED, REASON_MAX, REJECTED, GateDecision
 from utils.ml.promotion.pins import get_pin
+from utils.ml.store.base import ModelManagerError
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,11 @@ def decide(manager: Any, *, model_type: str, metric_type: str, challenger_id: in
     session.rollback()
     if decision == PROMOTED:
         # The one activation path: verified, serialised, audited in ml_model_activations.
-        manager.activate_model(challenger_id, actor=actor, reason=f"gate: {reason}"[:200])
+        try:
+            manager.activate_model(challenger_id, actor=actor, reason=f"gate: {reason}"[:200])
+        except ModelManagerError as exc:  # its file failed verification: the champion stays, and we say why
+            session.rollback()
+            decision, reason = REJECTED, f"activation refused: {exc}; {reason}"
     reason = reason[:REASON_MAX]
     session.add(GateDecision(model_type=model_type, metric_type=metric_type, challenger_id=challenger_id,
                              champion_id=champion_id, mode=mode, decision=decision, reason=reason, metrics=numbers,
