@@ -20,8 +20,8 @@ from tests.pipeline_helpers import count, small_hotel, unlabelled_series
 from utils.extensions import db
 from utils.ml.model_manager import get_model_manager
 from utils.ml.model_trainer import ModelTrainer
-from utils.ml.pipeline.observations import ingest_observations
 from utils.ml.pipeline.features import build_pipeline
+from utils.ml.pipeline.observations import ingest_observations
 from utils.ml.promotion.decide import decide
 from utils.ml.promotion.models import GateDecision
 from utils.ml.promotion.pins import unpin
