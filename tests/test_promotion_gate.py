@@ -11,14 +11,18 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import numpy as np
 import pytest
+from flask import current_app
 from sqlalchemy import select
 
 from tests.pipeline_helpers import count, small_hotel, unlabelled_series
 from utils.extensions import db
 from utils.ml.model_manager import get_model_manager
 from utils.ml.model_trainer import ModelTrainer
+from utils.ml.pipeline.features import build_pipeline
 from utils.ml.pipeline.observations import ingest_observations
+from utils.ml.promotion.decide import decide
 from utils.ml.promotion.models import GateDecision
 from utils.ml.promotion.pins import unpin
 from utils.ml.store import catalog
@@ -54,7 +58,10 @@ def _hotel_then_more_days() -> tuple[int, list]:
     Returns the champion's id and the ends of two more days that later steps may add.
     """
     now = utcnow()
-    # More anomalies than the demo's 1 %: enough labelled ones in the gate's week to tell F1s apart.
+    # The gate judges the whole month, with more anomalies than the demo's 1 %: F1 then rests on
+    # ~90 labelled anomalies and a good challenger's F1 stays within 0.02 of the champion's
+    # whatever the weekday (on the default week, ~20 anomalies, it moves by 0.1 either way).
+    current_app.config["ML_GATE_WINDOW_DAYS"] = 30
     small_hotel(end=now - timedelta(days=3), days=27, anomaly_rate=RATE)
     first = _train()
     small_hotel(seed=8, end=now - timedelta(days=2), days=1, anomaly_rate=RATE)
@@ -108,8 +115,11 @@ def test_a_broken_challenger_is_rejected_and_the_champion_stays(app_ctx, broken)
         [result] = TinyTrees(db, actor="test").train(METRIC)
     decision = _decisions()[-1]
     assert result["promotion"]["decision"] == "rejected", decision.metrics
-    assert decision.decision == "rejected" and "F1" in decision.reason
-    assert decision.metrics["challenger"]["f1"] < decision.metrics["champion"]["f1"] - 0.05
+    numbers = decision.metrics
+    if broken == "over_contaminated":  # F1 may nearly tie on recall alone; the alert rate gives it away
+        assert numbers["challenger"]["alert_rate"] > 0.3 and "alert rate" in decision.reason
+    else:  # flags nothing
+        assert numbers["challenger"]["f1"] in (0.0, None) and "F1 0.000 is more than 0.05 below" in decision.reason
     assert _active() == champion
     # The rejected version is kept (it can still be compared or activated by hand).
     assert db.session.get(MLModel, result["model_id"]).is_active is False
@@ -137,7 +147,7 @@ def test_without_labels_rates_shift_and_agreement_decide(app_ctx):
     [bad] = ModelTrainer(db, actor="test", contamination=0.35).train("kat_sicaklik")
     decision = _decisions("kat_sicaklik")[-1]
     assert bad["promotion"]["decision"] == "rejected", decision.reason
-    assert "alert rate" in decision.reason and "outside" in decision.reason
+    assert "alert rate" in decision.reason and "above" in decision.reason
     active = db.session.execute(select(MLModel.id).where(MLModel.metric_type == "kat_sicaklik",
                                                          MLModel.is_active.is_(True))).scalar_one()
     assert active == good["model_id"] != first["model_id"]
@@ -169,3 +179,18 @@ def test_a_rollback_pins_the_type_until_unpinned(app_ctx):
     app_ctx.config["ML_GATE_MAX_F1_DROP"] = 1.0  # any challenger passes: only a pin could stop it now
     after = _train()
     assert after["promotion"]["decision"] == "promoted" and _active() == after["model_id"]
+
+
+def test_a_challenger_whose_file_fails_verification_is_rejected_and_the_champion_stays(app_ctx, models_dir):
+    champion, _ = _hotel_then_more_days()
+    kept = _train(promote="never")
+    row = db.session.get(MLModel, kept["model_id"])
+    path = models_dir / row.model_path
+    db.session.rollback()
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")  # same size, other bytes: the checksum fails
+    model = build_pipeline().fit(np.array([[1.0, float(v)] for v in range(60)]))
+    result = decide(get_model_manager(), model_type="isolation_forest", metric_type=METRIC,
+                    challenger_id=kept["model_id"], challenger=model, matrix=np.array([[1.0, 3.0]] * 40),
+                    labels=np.full(40, -1, dtype=np.int8), mode="always", actor="test")
+    assert result["decision"] == "rejected" and result["reason"].startswith("activation refused")
+    assert _active() == champion and _decisions()[-1].decision == "rejected"

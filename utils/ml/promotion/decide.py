@@ -29,6 +29,7 @@ from utils.ml.pipeline.scoring import Scores
 from utils.ml.promotion.gate import GateSettings, judge, measure
 from utils.ml.promotion.models import HELD, KEPT, PROMOTED, REASON_MAX, REJECTED, GateDecision
 from utils.ml.promotion.pins import get_pin
+from utils.ml.store.base import ModelManagerError
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,11 @@ def check_mode(mode: Any) -> str:
 
 def _champion(manager: Any, model_type: str, metric_type: str, challenger_id: int) -> tuple[Optional[int], Any, str]:
     """``(champion id, loaded model or None, why not loaded)``; (None, None, ...) when the type has none."""
+    from utils.ml.store import registry
+
+    # Asked first: loading a type that has no active version would log a model_fallback warning.
+    if registry.active_meta(db.session, model_type, metric_type) is None:
+        return None, None, "no active version"
     outcome = manager.load_active(model_type, metric_type)
     if outcome.model_id is None or outcome.model_id == challenger_id:
         return None, None, outcome.reason or "no active version"
@@ -98,7 +104,11 @@ def decide(manager: Any, *, model_type: str, metric_type: str, challenger_id: in
     session.rollback()
     if decision == PROMOTED:
         # The one activation path: verified, serialised, audited in ml_model_activations.
-        manager.activate_model(challenger_id, actor=actor, reason=f"gate: {reason}"[:200])
+        try:
+            manager.activate_model(challenger_id, actor=actor, reason=f"gate: {reason}"[:200])
+        except ModelManagerError as exc:  # its file failed verification: the champion stays, and we say why
+            session.rollback()
+            decision, reason = REJECTED, f"activation refused: {exc}; {reason}"
     reason = reason[:REASON_MAX]
     session.add(GateDecision(model_type=model_type, metric_type=metric_type, challenger_id=challenger_id,
                              champion_id=champion_id, mode=mode, decision=decision, reason=reason, metrics=numbers,
