@@ -62,7 +62,7 @@ from utils.ml.detector.state import (  # noqa: F401  (re-exported: the detector 
 )
 
 HISTORY = 48
-MIN_PRIOR = 5
+MIN_PRIOR = 10  # measured: 5 let a new room's 6th count meet a scale from 5 zeros (13 of 58 false incidents)
 LOCAL = 3
 COMMON_SHARE = 0.1  # a value the entity takes this often (an empty room's 0) is never a deviation
 STUCK_MIN_RUN = 2  # a stuck value repeats at least twice (three equal readings): one repeat is chance
