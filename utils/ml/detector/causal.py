@@ -37,6 +37,9 @@ Per observation, from the entity's previous ``HISTORY`` (= 48) observations
 * ``stuck``: number of immediately preceding observations equal to this one
   x the repeat cost for that value (minus log-probability of such a run),
   0 below ``STUCK_MIN_RUN`` repeats;
+* ``shift``: (median of this row and the previous ``RUN - 1`` deseasonalised
+  values - median of the ``m`` before them) / scale, 0 unless its sign is
+  ``r``'s and the row has ``MIN_PRIOR + RUN - 1`` previous observations;
 * ``drift``: weekly slope when the last ~day's level, last week's median and
   the week before's all move the same way (the smaller of the two steps, in
   scales per week; 0 when they disagree, as after a one-off level shift, and
@@ -45,8 +48,9 @@ Per observation, from the entity's previous ``HISTORY`` (= 48) observations
 An entity unknown to the model (new since training) gets no profile, a scale
 from its own previous observations (inflated by ``1 + 2/sqrt(n)`` for small
 samples) and no drift.  An observation with fewer than ``MIN_PRIOR`` previous
-observations of its entity has no baseline: it is *warming up* and is never
-an alert.  Timestamps are UTC: a hotel far from UTC should shift them to
+observations of its entity (10: with 5, a new room's sixth count met a
+scale from five zeros) has no baseline: it is *warming up* and is never an
+alert.  Timestamps are UTC: a hotel far from UTC should shift them to
 local time before they get here (the profiles are by hour of day).
 """
 from __future__ import annotations
