@@ -136,9 +136,8 @@ def test_the_whole_flow_on_each_state(deployment, tmp_path):
             refill = detector.detect_anomalies_with_fallback("dolum_sure", [40.0, 41.0])
             # Models expecting the app's aggregate features: B/D's stock fallback BLOB, the app's file of
             # today (B-D); raw-value forests: A/C's migrated stock BLOB and A's newest refill BLOB.
-            expect = {"z_score": (stock, refill) if state.has_entity_type else (refill,) if state.has_model_path
-                      else ()}
-            for result in expect["z_score"]:
+            falls_back = (stock, refill) if state.has_entity_type else (refill,) if state.has_model_path else ()
+            for result in falls_back:
                 assert result.method == "z_score"
                 assert any("incompatible_input" in r for r in result.fallback_reasons), result.fallback_reasons
             if not state.has_entity_type:
@@ -148,8 +147,8 @@ def test_the_whole_flow_on_each_state(deployment, tmp_path):
 
             # --- train (twice: two versions of ours) replaces the legacy model
             collect(url)
-            trained = [train_models("stok_seviye")[0] for _ in range(2)]
-            assert [t["status"] for t in trained] == ["trained", "trained"], trained
+            trained = [train_models("stok_seviye")[0] for _ in range(3)]
+            assert [t["status"] for t in trained] == ["trained"] * 3, trained
             db.session.remove()
             ours = trained[-1]["model_id"]
             stock = detector.detect_anomalies_with_fallback("stok_seviye", [40.0, 41.0, 400.0])
@@ -166,13 +165,21 @@ def test_the_whole_flow_on_each_state(deployment, tmp_path):
         assert (listed[ours]["is_active"], listed[ours]["legacy"], listed[ours]["compatible"]) == (True, False, True)
         step(hotel)  # its reads of our alerts, in its words
 
-        # --- cleanup: never fails on ml_training_logs, never deletes a log, never the app's files
+        # --- cleanup: never fails on ml_training_logs, never deletes a log, a row of the app or its files.
+        # A log of the app naming one of our old versions: that version stays (the foreign key).
+        referenced, doomed = trained[0]["model_id"], trained[1]["model_id"]
+        rows(url, "INSERT INTO ml_training_logs (model_id, training_start, success) VALUES (:m, now(), true)",
+             {"m": referenced})
         logs = rows(url, "SELECT count(*) FROM ml_training_logs")
+        legacy_rows = rows(url, "SELECT count(*) FROM ml_models WHERE sklearn_version IS NULL")
         cleaned = runner.invoke(args=["ml", "cleanup", "--keep", "1"])
         assert cleaned.exit_code == 0, cleaned.output
-        assert "ml_training_logs reference" in cleaned.output
+        assert f"Kept 1 old versions the minibar app's ml_training_logs reference (never deleted): {referenced}" \
+            in cleaned.output and "legacy versions (the minibar app's rows are never deleted)" in cleaned.output
         assert rows(url, "SELECT count(*) FROM ml_training_logs") == logs
-        assert rows(url, "SELECT count(*) FROM ml_models WHERE id = :i", {"i": trained[0]["model_id"]}) == [(0,)]
+        assert rows(url, "SELECT count(*) FROM ml_models WHERE sklearn_version IS NULL") == legacy_rows
+        assert rows(url, "SELECT id FROM ml_models WHERE id IN (:a, :b)", {"a": referenced, "b": doomed}) \
+            == [(referenced,)]
         for (path,) in rows(url, "SELECT legacy_path FROM ml_models WHERE legacy_path IS NOT NULL"):
             assert Path(path).is_file(), path
         step(hotel)

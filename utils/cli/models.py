@@ -101,6 +101,8 @@ def cleanup_command(keep: Optional[int]) -> None:
     click.echo(f"🗑️  Deleted {result['deleted_count']} old versions (kept {keep} per type), "
                f"{result['orphans_deleted']} orphan and {result['temp_files_deleted']} temporary files; "
                f"freed {result['freed_space_mb']} MB")
+    if result.get("kept_legacy"):
+        click.echo(f"📜 Kept {result['kept_legacy']} old legacy versions (the minibar app's rows are never deleted)")
     if result.get("kept_referenced"):
         click.echo(f"🔗 Kept {len(result['kept_referenced'])} old versions the minibar app's ml_training_logs "
                    f"reference (never deleted): {', '.join(map(str, result['kept_referenced']))}")
