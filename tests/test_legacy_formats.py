@@ -84,3 +84,9 @@ def test_migrate_adopts_and_refuses_row_by_row(app, runner, tmp_path, models_dir
     again = runner.invoke(args=["ml", "migrate"])
     assert "Migrated: 0 models" in again.output and "Adopted: 0 files" in again.output
     assert "Failed: 3 models" in again.output and not marker.exists()
+
+    purged = runner.invoke(args=["ml", "migrate", "--purge-blobs"])
+    assert "Purged: 1 BLOBs" in purged.output and "Failed: 3 models" in purged.output, purged.output
+    with app.app_context():
+        assert db.session.execute(select(MLModel.model_data).where(MLModel.legacy_path == str(good))).scalar_one() \
+            == formats.FILE_BASED
