@@ -200,11 +200,16 @@ def test_rollback_is_atomic_audited_and_seen_by_another_instance(app, client, au
         response = client.post(f"/api/ml/models/{ids[1]}/activate", headers=auth_headers,
                                json={"reason": "rollback: v3 alerts too often", "actor": "alice"})
         assert response.status_code == 200, response.get_json()
-        assert response.get_json() == {
+        body = response.get_json()
+        pinned = body.pop("pinned")
+        assert body == {
             "model_id": ids[1], "model_type": "isolation_forest", "metric_type": METRIC,
             "from_model_id": ids[2], "actor": "api:alice", "reason": "rollback: v3 alerts too often",
             "changed": True,
         }
+        # A manual rollback sticks: the version is pinned, with who and why.
+        assert (pinned["model_id"], pinned["actor"], pinned["reason"]) == (
+            ids[1], "api:alice", "rollback: v3 alerts too often")
         assert active_id(app) == ids[1]
         last = audit_rows(app)[-1]
         assert (last.from_model_id, last.to_model_id, last.actor, last.reason) == (

@@ -213,7 +213,7 @@ def test_the_container_entrypoint_starts_on_every_state(legacy_templates, tmp_pa
             name = dbutil.create_pg_database(template=template)
             url, models_dir, log = dbutil.pg_url(name), tmp_path / f"models_{state}", tmp_path / f"{state}.log"
             models_dir.mkdir()
-            env = base_env(tmp_path, DATABASE_URL=url, ML_MODELS_DIR=str(models_dir), ML_ADMIN_TOKEN="t",
+            env = base_env(tmp_path, DATABASE_URL=url, ML_MODELS_DIR=str(models_dir), ML_ADMIN_TOKEN="t" * 24,
                            SECRET_KEY="s", ML_LOG_FORMAT="text", MIGRATE_ATTEMPTS="1", DB_WAIT_TIMEOUT="20")
             proc = start(["bash", str(ROOT / "docker" / "entrypoint.sh"), "flask", "db", "current"], env, log)
             runs.append((name, proc, log, HotelApp(url, built)))

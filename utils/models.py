@@ -200,6 +200,7 @@ class MLAlert(db.Model):
         Index("idx_ml_alerts_severity_read", "severity", "is_read"),
         Index("idx_ml_alerts_created", "created_at"),
         Index("idx_ml_alerts_entity", "entity_id"),
+        Index("idx_ml_alerts_incident", "incident_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -237,6 +238,8 @@ class MLAlert(db.Model):
     )
     read_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), nullable=True)
     false_positive_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The incident this alert belongs to (ml_incidents.id; NULL for the hotel app's own alerts).
+    incident_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
 
 
 class ScanWatermark(db.Model):
@@ -314,3 +317,7 @@ class MigrationLedgerEntry(db.Model):
     revision: Mapped[str] = mapped_column(String(64), nullable=False)
     action: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+# Registered with the metadata here, so Alembic and every app see the table.
+from utils.ml.incidents.models import MLIncident  # noqa: E402,F401

@@ -17,7 +17,7 @@ rows read as they were adopted.
 Both nullable, no default: the hotel app's inserts (which name neither) keep working.
 
 Revision ID: 0012_legacy_signature
-Revises: 0008_alert_observation_set_null
+Revises: 0011_promotion
 """
 import sqlalchemy as sa
 from alembic import op
@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql
 from migrations.coexist import adopted
 
 revision = "0012_legacy_signature"
-down_revision = "0008_alert_observation_set_null"
+down_revision = "0011_promotion"
 branch_labels = None
 depends_on = None
 

@@ -129,16 +129,18 @@ def activate_command(model_id: int, reason: str) -> None:
 
     The activation the API and the dashboard use: the file is verified
     first, the audit trail records the version it replaces, and the version
-    that is already active stays so without a new audit row.
+    that is already active stays so without a new audit row.  The version is
+    pinned: training no longer changes the type until `flask ml unpin`.
     """
     result = catalog.activate(_manager(), model_id, actor=CLI_ACTOR, reason=reason)
+    pinned = f"; pinned (training will not replace it until: flask ml unpin --metric-type {result['metric_type']})"
     if not result["changed"]:
         click.echo(f"Model {model_id} already is the active version of {result['model_type']}/"
-                   f"{result['metric_type']}; nothing changed")
+                   f"{result['metric_type']}; nothing changed{pinned}")
         return
     previous = result["from_model_id"]
     click.echo(f"✅ Model {model_id} is now active for {result['model_type']}/{result['metric_type']}"
-               f" (previously {previous if previous is not None else 'none'})")
+               f" (previously {previous if previous is not None else 'none'}){pinned}")
 
 
 # ------------------------------------------------------------------ migrate

@@ -21,8 +21,8 @@ columns named by its ``features`` parameter:
 Why not ``value`` by default: on the demo hotel, adding it made the forest
 isolate ordinary observations of entities whose normal level is rare in the
 hotel (the largest-stock products, suites), which cost precision without
-finding a single extra anomaly (``scripts/detection_report.py --features``
-shows the comparison).
+finding a single extra anomaly (the former ``scripts/detection_report.py --features`` showed
+the comparison). Feature version 1: what models saved before the causal detector use.
 
 The per-entity statistics are learnt in ``fit`` and pickled with the model, so
 detection computes exactly the features training saw, with the same code.

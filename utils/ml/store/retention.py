@@ -104,10 +104,13 @@ def cleanup_old_models(session: Session, store: ModelStore, keep_versions: int, 
         if not key or key in still_used:
             continue
         try:
-            freed += store.delete(key)
-            files_deleted += 1
+            released = store.delete(key)
         except (OSError, ModelStoreError) as exc:
             errors.append(f"model {row_id} file {key}: {exc}")
+            continue
+        if released is not None:  # a file that was already gone is not "deleted" by us
+            freed += released
+            files_deleted += 1
 
     orphans = remove_orphans(session, store, orphan_grace_seconds, errors)
     freed += orphans["bytes"]
@@ -200,8 +203,11 @@ def remove_orphans(session: Session, store: ModelStore, grace_seconds: float, er
             if (kind == "orphans" and stored.key in referenced) or now - stored.modified_at < grace_seconds:
                 continue
             try:
-                counts["bytes"] += store.delete(stored.key)
-                counts[kind] += 1
+                released = store.delete(stored.key)
             except (OSError, ModelStoreError) as exc:
                 errors.append(f"{'orphan' if kind == 'orphans' else 'temp file'} {stored.key}: {exc}")
+                continue
+            if released is not None:  # gone since the listing (another cleanup): not ours to count
+                counts["bytes"] += released
+                counts[kind] += 1
     return counts
