@@ -24,8 +24,8 @@ from tests.procutil import VENV_BIN, base_env, free_port, start, stop_group, tai
 TOKEN = "shutdown-test-token-0123456789abcdef"
 STOP_BOUND_S = 5.0
 ROUNDS = 20
-# Enough trees that training the demo hotel takes seconds: a job is surely running when we stop.
-SLOW_TRAINING = {"ML_N_ESTIMATORS": "1500"}
+# Training the demo hotel takes seconds (six fits of about a second): a job is running when we stop.
+SLOW_TRAINING = {"ML_N_ESTIMATORS": "300"}
 
 
 @pytest.fixture

@@ -235,6 +235,7 @@ class ModelTrainer:
                         metric_type=metric_type, samples=len(data), reason="min_samples")
             return result
 
+        checkpoint(f"before evaluating {metric_type}")
         evaluation = self._evaluate_on_holdout(data)
         checkpoint(f"before fitting {metric_type}")
         model = self._pipeline().fit(data.matrix)

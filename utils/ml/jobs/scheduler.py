@@ -123,26 +123,29 @@ class MLScheduler:
                 self._in_flight -= 1
                 self._in_flight_done.notify_all()
 
-    def shutdown(self, wait: bool = True, timeout: float = SHUTDOWN_WAIT_SECONDS) -> None:
+    def shutdown(self, wait: bool = True, timeout: float = SHUTDOWN_WAIT_SECONDS) -> bool:
         """Stop ticking, wait for running jobs (``wait``, at most ``timeout`` seconds), then give
         leadership up.
 
         A process that is stopping calls :func:`~utils.ml.jobs.interrupt.request_stop` first
         (the signal paths do), so a running job stops at its next safe point within the wait;
         one that has not by then is recorded as abandoned by the next run.
+        Returns False when a job was still running at the end of the wait.
         """
         if self._stopping.is_set():
-            return
+            return True
         self._stopping.set()
+        finished = True
         try:
             if self._aps.running:
                 self._aps.shutdown(wait=False)
             if wait:
                 with self._in_flight_done:
-                    self._in_flight_done.wait_for(lambda: self._in_flight == 0, timeout=timeout)
+                    finished = self._in_flight_done.wait_for(lambda: self._in_flight == 0, timeout=timeout)
         finally:
             self.elector.stop()
             events.emit("scheduler_stopped", f"scheduler stopped in pid {os.getpid()}", pid=os.getpid())
+        return finished
 
     def describe(self) -> dict[str, Any]:
         jobs = {}
@@ -172,13 +175,26 @@ def start_scheduler(app: Flask) -> MLScheduler:
         return scheduler
 
 
-def stop_scheduler(app: Flask, wait: bool = True) -> None:
-    """Stop this process's scheduler for ``app``, if one runs, and release leadership."""
+def stop_scheduler(app: Flask, wait: bool = True) -> bool:
+    """Stop this process's scheduler for ``app``, if one runs, and release leadership;
+    False when a job was still running after the bounded wait."""
     with _start_lock:
         scheduler = app.extensions.get(EXTENSION_KEY)
         app.extensions[EXTENSION_KEY] = None
     if scheduler is not None:
-        scheduler.shutdown(wait=wait)
+        return scheduler.shutdown(wait=wait)
+    return True
+
+
+def exit_now_if_stuck(finished: bool) -> None:
+    """A stopping process whose job did not reach a safe point in time exits at once: the
+    interpreter would otherwise wait for that thread (a fit can take minutes), and a
+    supervisor would SIGKILL it.  Its run row is marked abandoned by the next run."""
+    if finished:
+        return
+    logger.warning("a job did not reach a safe point within %ss; exiting without it", SHUTDOWN_WAIT_SECONDS)
+    logging.shutdown()
+    os._exit(0)
 
 
 def start_for_web_worker(wsgi_app: Any) -> Optional[MLScheduler]:
@@ -196,7 +212,7 @@ def stop_for_web_worker(wsgi_app: Any) -> None:
     """gunicorn ``worker_exit``: interrupt this worker's jobs, stop its scheduler (if it started one)."""
     request_stop()
     if isinstance(wsgi_app, Flask):
-        stop_scheduler(wsgi_app)
+        exit_now_if_stuck(stop_scheduler(wsgi_app))
 
 
 def init_app(app: Flask) -> None:
