@@ -230,6 +230,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ML_METRICS_PORT", _int(0, 65535), 0, "flask ml scheduler serves /metrics on this port (0: off)"),
     Setting("ML_METRICS_ADDR", _text, "0.0.0.0", "address of that metrics server"),
     Setting("ML_LOG_FORMAT", _choice("json", "text"), "json", "one JSON object per line, or text for people"),
+    Setting("ML_LOG_REPEAT_WINDOW_SECONDS", _float(0.0), 10.0,
+            "the same warning/error (logger, level, template) is logged at most 3 times per window (0: no limit)"),
     Setting("ML_LOG_LEVEL", _choice("debug", "info", "warning", "error", "critical"), "info", "root log level"),
     Setting("ML_DASHBOARD_SECURE_COOKIE", _bool, False, "mark the session cookie Secure (HTTPS only)",
             key="SESSION_COOKIE_SECURE"),

@@ -10,11 +10,14 @@ that was asked to stop does not start new work either.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 _stop = threading.Event()
+_running = {"count": 0}
+_idle = threading.Condition()
 
 
 class JobInterrupted(RuntimeError):
@@ -34,6 +37,29 @@ def checkpoint(where: str) -> None:
     """Raise :class:`JobInterrupted` if a stop was requested; ``where`` names the safe point."""
     if _stop.is_set():
         raise JobInterrupted(f"interrupted by shutdown {where}")
+
+
+@contextlib.contextmanager
+def job_running() -> Iterator[None]:
+    """Mark a job as running in this process for the block (the job runner wraps every run)."""
+    with _idle:
+        _running["count"] += 1
+    try:
+        yield
+    finally:
+        with _idle:
+            _running["count"] -= 1
+            _idle.notify_all()
+
+
+def wait_for_jobs(timeout: float) -> bool:
+    """Wait until no job runs in this process (at most ``timeout`` s); True when none does.
+
+    A stopping process calls this after :func:`request_stop`, so each job gets
+    to its next safe point and records itself as interrupted before the exit.
+    """
+    with _idle:
+        return _idle.wait_for(lambda: _running["count"] == 0, timeout=timeout)
 
 
 def reset_for_tests() -> None:

@@ -34,7 +34,7 @@ from flask import Flask
 
 from utils.ml import events
 from utils.ml.jobs.definitions import JOBS
-from utils.ml.jobs.interrupt import guard_worker_signals, request_stop
+from utils.ml.jobs.interrupt import guard_worker_signals, request_stop, wait_for_jobs
 from utils.ml.jobs.leader import LeaderElector
 from utils.ml.jobs.locks import LEADER_LOCK_CLASS, LEADER_LOCK_NAME, make_lock
 from utils.ml.jobs.runner import run_scheduled_tick, tick_for
@@ -81,8 +81,6 @@ class MLScheduler:
             validity, backend = 3 * heartbeat, "postgresql"
         self.elector = LeaderElector(lock, heartbeat, validity, backend=backend)
         self._stopping = threading.Event()
-        self._in_flight = 0
-        self._in_flight_done = threading.Condition()
         self._aps = BackgroundScheduler(
             timezone=timezone.utc,
             # One thread per job: a long training run never delays a scan.
@@ -114,14 +112,7 @@ class MLScheduler:
         scheduled_for = tick_for(time.time(), interval)
         if self._stopping.is_set() or not self.elector.is_leader():
             return None
-        with self._in_flight_done:
-            self._in_flight += 1
-        try:
-            return run_scheduled_tick(self.app, name, scheduled_for)
-        finally:
-            with self._in_flight_done:
-                self._in_flight -= 1
-                self._in_flight_done.notify_all()
+        return run_scheduled_tick(self.app, name, scheduled_for)
 
     def shutdown(self, wait: bool = True, timeout: float = SHUTDOWN_WAIT_SECONDS) -> bool:
         """Stop ticking, wait for running jobs (``wait``, at most ``timeout`` seconds), then give
@@ -139,9 +130,8 @@ class MLScheduler:
         try:
             if self._aps.running:
                 self._aps.shutdown(wait=False)
-            if wait:
-                with self._in_flight_done:
-                    finished = self._in_flight_done.wait_for(lambda: self._in_flight == 0, timeout=timeout)
+            if wait:  # every job of this process: ticks, and API calls running one in a request thread
+                finished = wait_for_jobs(timeout)
         finally:
             self.elector.stop()
             events.emit("scheduler_stopped", f"scheduler stopped in pid {os.getpid()}", pid=os.getpid())
@@ -211,8 +201,8 @@ def start_for_web_worker(wsgi_app: Any) -> Optional[MLScheduler]:
 def stop_for_web_worker(wsgi_app: Any) -> None:
     """gunicorn ``worker_exit``: interrupt this worker's jobs, stop its scheduler (if it started one)."""
     request_stop()
-    if isinstance(wsgi_app, Flask):
-        exit_now_if_stuck(stop_scheduler(wsgi_app))
+    finished = stop_scheduler(wsgi_app) if isinstance(wsgi_app, Flask) else True
+    exit_now_if_stuck(finished and wait_for_jobs(SHUTDOWN_WAIT_SECONDS))
 
 
 def init_app(app: Flask) -> None:
