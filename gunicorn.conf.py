@@ -61,6 +61,11 @@ def child_exit(server, worker):
 
 
 def post_worker_init(worker):
+    # Stop signals end the worker's loop instead of raising SystemExit wherever the
+    # main thread is (see utils.ml.jobs.interrupt.guard_worker_signals): first.
+    from utils.ml.jobs.interrupt import guard_worker_signals
+
+    guard_worker_signals(worker)
     # Every worker competes for scheduler leadership (when ML_SCHEDULER_ENABLED
     # and ML_ENABLED are true); started here, after the fork, never at import.
     from utils.ml.jobs.scheduler import start_for_web_worker

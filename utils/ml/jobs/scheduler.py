@@ -34,7 +34,7 @@ from flask import Flask
 
 from utils.ml import events
 from utils.ml.jobs.definitions import JOBS
-from utils.ml.jobs.interrupt import guard_worker_signals, request_stop, wait_for_jobs
+from utils.ml.jobs.interrupt import request_stop, wait_for_jobs
 from utils.ml.jobs.leader import LeaderElector
 from utils.ml.jobs.locks import LEADER_LOCK_CLASS, LEADER_LOCK_NAME, make_lock
 from utils.ml.jobs.runner import run_scheduled_tick, tick_for
@@ -192,7 +192,6 @@ def start_for_web_worker(wsgi_app: Any) -> Optional[MLScheduler]:
     if not isinstance(wsgi_app, Flask):
         logger.warning("scheduler not started: the WSGI app is %r, not the Flask app", type(wsgi_app).__name__)
         return None
-    guard_worker_signals()
     if not (wsgi_app.config.get("ML_SCHEDULER_ENABLED") and wsgi_app.config.get("ML_ENABLED")):
         return None
     return start_scheduler(wsgi_app)
