@@ -217,7 +217,7 @@ SETTINGS: tuple[Setting, ...] = (
     # Bounds on database calls (PostgreSQL; see utils/db_bounds.py).  Requests: a frozen
     # server costs a caller at most statement + 1 s, then the breaker answers 503 at once.
     Setting("ML_DB_CONNECT_TIMEOUT_SECONDS", _float(0.1), 3.0, "a new database connection is given up after this"),
-    Setting("ML_DB_STATEMENT_TIMEOUT_SECONDS", _float(0.1), 5.0,
+    Setting("ML_DB_STATEMENT_TIMEOUT_SECONDS", _float(0.1), 3.0,
             "requests: server statement_timeout; the client gives up 1 s later (even on a frozen server)"),
     Setting("ML_DB_LOCK_TIMEOUT_SECONDS", _float(0.1), 2.0, "requests: server lock_timeout"),
     Setting("ML_DB_POOL_TIMEOUT_SECONDS", _float(0.1), 2.0, "longest wait for a pooled connection"),
