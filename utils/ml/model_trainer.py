@@ -300,6 +300,7 @@ class ModelTrainer:
                         metric_type=metric_type, model_id=existing, samples=len(data))
             return result
 
+        checkpoint(f"before evaluating {metric_type}")
         evaluation = self._evaluate_on_holdout(data)
         checkpoint(f"before fitting {metric_type}")
         model = self._fit(data, len(data), now.timestamp())
