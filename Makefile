@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test bench soak clean
+.PHONY: setup run test bench bench-scan soak clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,12 @@ test: setup
 bench: setup
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -r requirements-bench.txt
 	$(BIN)/python -m bench
+
+## A scan of 10 million observations on PostgreSQL beside the raw scoring rate, retention, the scan
+## after it (10-20 min); prints a table, writes bench/results/scan-10m.json.
+## Options: make bench-scan SCAN_ARGS="--rows 2000000 --in-turn"
+bench-scan: setup
+	$(BIN)/python -m bench.scan_scale $(SCAN_ARGS)
 
 ## Soak: 2 min of mixed traffic against gunicorn (2 workers, scheduler on) on a private PostgreSQL
 ## that is stopped for 30 s in the middle; prints a table, writes bench/results/soak-latest.json.

@@ -162,3 +162,16 @@ class BenchEnv:
             dbutil.dispose(self.app)
         dbutil.drop_pg_database(self.db_name)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def write_report(report: dict[str, Any], started: float, output: Path, render: Any) -> None:
+    """Stamp the run's duration and end load average on ``report``, write it as JSON, print ``render(report)``."""
+    import json
+    import time
+
+    report["duration_seconds"] = round(time.perf_counter() - started, 1)
+    report["machine"]["load_average_at_end"] = load_average()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(render(report))
+    print(f"wrote {output}")

@@ -19,7 +19,6 @@ Prints a table and writes ``bench/results/retention.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import sys
@@ -30,7 +29,7 @@ from typing import Any, Callable
 
 import sqlalchemy as sa
 
-from bench.env import ROOT, load_average, machine_description
+from bench.env import ROOT, machine_description, write_report
 from bench.stats import percentile
 from tests import dbutil
 
@@ -213,12 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         engine.dispose()
         admin.dispose()
         dbutil.drop_pg_database(name)
-    report["duration_seconds"] = round(time.perf_counter() - started, 1)
-    report["machine"]["load_average_at_end"] = load_average()
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(render(report))
-    print(f"wrote {args.output}")
+    write_report(report, started, args.output, render)
     return 0
 
 

@@ -65,11 +65,13 @@ def evaluate(sections: dict[str, Any]) -> list[Target]:
                "{} models; legacy listing adds {} MiB".format(
                    _get(sections, "memory", "variants", "ours_list", "listed"),
                    _get(sections, "memory", "variants", "legacy_list", "added_mib"))),
-        _check("scan_throughput", "end-to-end scan rate / raw score_samples rate", ">= 0.5x", "x",
-               _get(scan, "ratio_end_to_end_over_raw"), lambda v: v >= 0.5,
+        # Issue 14: reading ahead on a second core should hide the reading entirely.
+        _check("scan_throughput", "end-to-end scan rate / raw single-thread score_samples rate", ">= 1.0x", "x",
+               _get(scan, "ratio_end_to_end_over_raw"), lambda v: v >= 1.0,
                scan.get("reason", "") if scan.get("status") != "ok" else
                f"{_get(scan, 'end_to_end', 'rows_per_second')} rows/s vs "
-               f"{_get(scan, 'raw_score_samples', 'rows_per_second')} rows/s"),
+               f"{_get(scan, 'raw_score_samples', 'rows_per_second')} rows/s; read in turn "
+               f"{_get(scan, 'end_to_end_read_in_turn', 'rows_per_second')} rows/s"),
         _check("scan_cost", "per-row scan cost, new causal detector / today's model (same rows, run_scan)",
                "<= 2x", "x", _get(scan, "cost", "service", "scan_ratio_new_over_today"), lambda v: v <= 2.0,
                "{} vs {} us/row; training {} vs {} us/row".format(

@@ -22,7 +22,7 @@ from utils.time import utcnow
 from utils.web.api import OPERATIONS
 
 README = procutil.ROOT / "README.md"
-TOKEN = "readme-token"
+TOKEN = "readme-token-0123456789abcdef"
 
 
 def readme_block() -> str:

@@ -80,6 +80,9 @@ def test_quick_bench_reports_every_section_and_drops_its_database(pg_available, 
     for part in ("train_us_per_row", "scan_us_per_row"):
         assert service[part]["today"] > 0 and service[part]["new"] > 0
     assert scan["cost"]["simulator_in_memory"]["scan_us_per_row"]["new"] > 0
+    # The same scan reading in turn raised the same alerts.
+    assert scan["end_to_end_read_in_turn"]["rows"] == scan["end_to_end"]["rows"]
+    assert scan["end_to_end_read_in_turn"]["alerts"] == scan["end_to_end"]["alerts"]
 
     disk = report["disk"]
     assert disk["store_at_keep_versions"]["plain"]["files"] == min(
@@ -99,4 +102,25 @@ def test_quick_bench_reports_every_section_and_drops_its_database(pg_available, 
     assert set(targets) == TARGET_IDS
     assert all(t["passed"] in (True, False) for t in targets.values()), "a target was not measured"
 
+    assert not _database_exists(report["database"]), "the bench left its database behind"
+
+
+
+def test_scan_scale_bench_runs_small_and_drops_its_database(pg_available, tmp_path):
+    output = tmp_path / "scan.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.scan_scale", "--rows", "30000", "--raw-rows", "9000", "--in-turn",
+         "--output", str(output)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert report["load"]["rows"] == 30000
+    # Read ahead or in turn, the scan saw every observation and raised the same alerts.
+    assert report["scan"]["rows"] == report["scan_read_in_turn"]["rows"] == 30000
+    assert report["scan"]["alerts"] == report["scan_read_in_turn"]["alerts"] > 0
+    assert report["scan"]["read_ahead"] == 2 and report["scan_read_in_turn"]["read_ahead"] == 0
+    assert report["scan"]["peak_rss_mib"] >= report["scan"]["rss_before_mib"] > 0
+    assert report["raw_before"]["rows"] == 9000
+    kept = report["scan_after_retention"]["rows"]
+    assert kept + report["retention"]["observations_deleted"] == 30000 and 0 < kept < 30000
+    assert "scan after retention" in completed.stdout
     assert not _database_exists(report["database"]), "the bench left its database behind"

@@ -29,11 +29,13 @@ def test_ready_503_names_the_models_directory_when_it_is_not_writable(app, clien
         pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
     try:
         app.config["ML_MODELS_DIR"] = str(ro)
+        app.config["ML_READY_MIN_FREE_MB"] = 0  # the 1 MB tmpfs: this test is about the write
         response = client.get("/ready")
         body = response.get_json()
         assert response.status_code == 503
         assert body["failed"] == ["models_dir"]
         assert "not writable" in body["checks"]["models_dir"]["error"]
+        assert str(ro) not in response.get_data(as_text=True)  # /ready is unauthenticated: no path
     finally:
         subprocess.run(["umount", str(ro)], check=True)
 
@@ -48,6 +50,9 @@ def test_ready_503_names_the_database_when_it_does_not_answer(tmp_path, models_d
     assert response.status_code == 503
     assert body["failed"] == ["database"]
     assert "OperationalError" in body["checks"]["database"]["error"]
+    # /ready is unauthenticated: neither the database host nor the models path is shown.
+    text = response.get_data(as_text=True)
+    assert "127.0.0.1" not in text and str(models_dir) not in text and "path" not in body["checks"]["models_dir"]
 
 
 def test_errors_are_json_not_html(client):

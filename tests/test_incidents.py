@@ -99,7 +99,7 @@ def test_incidents_below_the_notification_severity_are_not_notified(notify_app):
 
 def test_the_api_lists_gets_and_takes_false_positive_feedback(scanned, notify_app):
     client = notify_app.test_client()
-    headers = {"Authorization": "Bearer test-admin-token"}
+    headers = {"Authorization": "Bearer test-admin-token-0123456789"}
     listed = client.get(f"/api/ml/incidents?metric_type={METRIC}&entity_id=1", headers=headers)
     assert listed.status_code == 200, listed.get_json()
     body = listed.get_json()

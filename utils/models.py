@@ -149,6 +149,11 @@ class MLModel(db.Model):
     sklearn_version: Mapped[Optional[str]] = mapped_column(String(32), nullable=True)
     numpy_version: Mapped[Optional[str]] = mapped_column(String(32), nullable=True)
     python_version: Mapped[Optional[str]] = mapped_column(String(32), nullable=True)
+    # What the model takes as input (utils/ml/store/signature.py): detection uses only models
+    # whose input this service computes.  NULL: not recorded yet (inferred when loaded).
+    input_signature: Mapped[Optional[dict[str, Any]]] = mapped_column(JSONDoc, nullable=True)
+    # An adopted minibar-app file: the absolute path its row had (the file itself was copied to model_path).
+    legacy_path: Mapped[Optional[str]] = mapped_column(String(500), nullable=True)
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"<MLModel {self.id} {self.model_type}/{self.metric_type} active={self.is_active}>"

@@ -23,6 +23,9 @@ _TRAIN_COLUMNS = (
     ("entities", "entities"), ("labelled", "labelled"), ("accuracy", "accuracy"), ("precision", "precision"),
     ("recall", "recall"), ("seconds", "seconds"), ("note", "note"),
 )
+PROMOTE_HELP = ("auto: the gate compares the new version with the active one and promotes it only if it passes; "
+                "never: keep it as a challenger; always: activate it whatever the gate says. A pinned type is never "
+                "changed.")
 _SCAN_COLUMNS = (
     ("metric_type", "metric type"), ("scanned", "scanned"), ("alerts", "alerts"), ("method", "method"),
     ("model_id", "model id"), ("source", "source"), ("load_ms", "load ms"), ("note", "note"),
@@ -114,8 +117,10 @@ def import_metrics_command(csv_file: str) -> None:
 
 
 def _train_note(row: dict[str, Any]) -> Optional[str]:
-    if row.get("status") == "skipped":
+    if row.get("status") in ("skipped", "unchanged"):
         return row.get("skipped")
+    if row.get("promotion"):
+        return f"{row['promotion']['decision']}: {row['promotion']['reason']}"
     if row.get("status") == "failed":
         return row.get("error")
     if row.get("accuracy") is None and row.get("status") == "trained":
@@ -125,15 +130,21 @@ def _train_note(row: dict[str, Any]) -> Optional[str]:
 
 @ml_cli.command("train")
 @click.option("--metric-type", default=None, help="Only this metric type (default: every one with data).")
+@click.option("--promote", type=click.Choice(["auto", "never", "always"]), default="auto", show_default=True,
+              help=PROMOTE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def train_command(metric_type: Optional[str], as_json: bool) -> None:
-    """Train one Isolation Forest per metric type on the recent window and activate it.
+def train_command(metric_type: Optional[str], promote: str, as_json: bool) -> None:
+    """Train one Isolation Forest per metric type on the recent window; the gate decides what becomes active.
 
-    Runs the train_models job (recorded in ml_job_runs, trigger cli); exits 1
-    without training while training runs in any process, and after printing
-    the table when any metric type failed.
+    Same data and settings as a kept version: no new version (status
+    unchanged).  Runs the train_models job (recorded in ml_job_runs, trigger
+    cli); exits 1 without training while training runs in any process, and
+    after printing the table when any metric type failed.
     """
-    params = {"metric_type": check_observed_metric_type(metric_type, "trained on")} if metric_type else {}
+    params: dict[str, Any] = {"metric_type": check_observed_metric_type(metric_type, "trained on")} \
+        if metric_type else {}
+    if promote != "auto":
+        params["promote"] = promote
     results, failure = _run_job("train_models", **params)
     if as_json:
         click.echo(dump_json(results))

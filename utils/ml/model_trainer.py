@@ -16,19 +16,29 @@ days (internal figures such as ``model_load_time`` excluded):
    Accuracy, precision and recall come from that held-out part; any of them
    whose denominator is zero, and all of them when the held-out part has no
    labels, are NULL.  Nothing is ever scored on its own training rows.
-3. **Final model** — refitted on the whole window and saved as the new
-   active version: a :class:`utils.ml.detector.model.TrainedDetector`
+3. **Same data, same settings** — the window's fingerprint
+   (:mod:`utils.ml.promotion.fingerprint`) matches a kept version: no new
+   version (status ``unchanged``).  The window ends at the newest
+   observation (not the clock), so a restart with no new data changes nothing.
+4. **Final model** — refitted on the whole window and saved as a
+   *challenger*: a :class:`utils.ml.detector.model.TrainedDetector`
    (feature version 2: per-entity state, one forest over causal deviations,
    thresholds calibrated per entity; ``ML_CONTAMINATION`` is its calibration
    target and ``ML_FALSE_ALERTS_PER_ENTITY_DAY`` its alert budget, see the
    README).  ``parameters`` records the settings, the window, the label
-   counts and how the metrics were obtained.  Models of feature version 1
-   (the pooled pipeline) keep loading and scoring until this replaces them.
+   counts, the fingerprint and how the metrics were obtained.  Models of
+   feature version 1 (the pooled pipeline) keep loading and scoring until
+   this replaces them.
+5. **Promotion** — :func:`utils.ml.promotion.decide.decide` compares it with
+   the champion on the recent part of the window (each judged causally, with
+   the rows before that part as history) and promotes, rejects, keeps
+   (``promote="never"``) or holds it (a pin), recording the decision.
 
 Labels are never used for fitting: the detector stays unsupervised.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -37,14 +47,19 @@ from typing import Any, Optional
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.exc import DataError
 
 from utils.ml import events
+from utils.ml.jobs.interrupt import JobInterrupted, checkpoint
+from utils.ml.pipeline import bad_rows
 from utils.ml.detector import model as causal_detector
 from utils.ml.pipeline.batch import ObservationBatch
 from utils.ml.pipeline.features import MODEL_TYPE
 from utils.ml.pipeline.history import entity_codes
 from utils.ml.pipeline.observations import INTERNAL_METRIC_TYPES, check_observed_metric_type
-from utils.ml.pipeline.scoring import score_causal
+from utils.ml.pipeline.scoring import score_causal, score_window
+from utils.ml.promotion.decide import check_mode, decide
+from utils.ml.promotion.fingerprint import KEY as FINGERPRINT_KEY, fingerprint, version_with
 from utils.models import MLAlert, MLMetric
 from utils.settings import current
 from utils.time import as_utc, utcnow
@@ -66,6 +81,7 @@ class TrainingData:
     timestamps: list[datetime]
     labels: np.ndarray  # -1 unknown, 0 normal, 1 anomaly
     false_positives: int
+    bad_rows: int = 0  # rows of the window dropped as unusable (see utils.ml.pipeline.bad_rows)
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
@@ -105,7 +121,7 @@ class ModelTrainer:
     def __init__(self, db: Any, model_manager: Any = None, *, window_days: Optional[int] = None,
                  min_samples: Optional[int] = None, contamination: Optional[float] = None,
                  n_estimators: Optional[int] = None, random_state: int = 42,
-                 alert_budget: Optional[float] = None, actor: str = "trainer") -> None:
+                 alert_budget: Optional[float] = None, actor: str = "trainer", promote: str = "auto") -> None:
         self.db = db
         self._model_manager = model_manager
         self.window_days = int(window_days if window_days is not None else current("ML_TRAIN_WINDOW_DAYS"))
@@ -116,6 +132,7 @@ class ModelTrainer:
         self.alert_budget = float(alert_budget if alert_budget is not None
                                   else current("ML_FALSE_ALERTS_PER_ENTITY_DAY"))
         self.actor = actor
+        self.promote = check_mode(promote)
 
     @property
     def model_manager(self) -> Any:
@@ -139,15 +156,44 @@ class ModelTrainer:
         ).scalars().all()
         return list(rows)
 
-    def load(self, metric_type: str, since: datetime, until: Optional[datetime] = None) -> TrainingData:
-        """The window's observations of ``metric_type`` (time order) with their labels."""
+    def newest(self, metric_type: str, until: datetime) -> Optional[datetime]:
+        """The time of the newest observation of ``metric_type`` at or before ``until``."""
+        value = self.session.execute(
+            select(MLMetric.timestamp).where(MLMetric.metric_type == metric_type, MLMetric.timestamp <= until)
+            .order_by(MLMetric.timestamp.desc()).limit(1)
+        ).scalar_one_or_none()
+        return as_utc(value) if value is not None else None
+
+    def _rows(self, metric_type: str, since: datetime, until: datetime) -> list[Any]:
+        """(id, entity_id, metric_value, timestamp, label) of the window, in time order.
+
+        The label is read in SQL (``->>``); a legacy ``json`` column holding a
+        NUL makes that conversion fail for the whole query, so the rows are
+        then read again with the raw document and the label taken in Python.
+        """
+        where = (MLMetric.metric_type == metric_type, MLMetric.timestamp >= since, MLMetric.timestamp <= until)
+        order = (MLMetric.timestamp, MLMetric.id)
         label = MLMetric.extra_data["label"].as_string()
+        try:
+            return list(self.session.execute(
+                select(MLMetric.id, MLMetric.entity_id, MLMetric.metric_value, MLMetric.timestamp, label)
+                .where(*where).order_by(*order)).all())
+        except DataError:
+            self.session.rollback()
+            logger.warning("labels of %s cannot be read in SQL (a NUL in extra_data?); reading them row by row",
+                           metric_type)
         rows = self.session.execute(
-            select(MLMetric.id, MLMetric.entity_id, MLMetric.metric_value, MLMetric.timestamp, label)
-            .where(MLMetric.metric_type == metric_type, MLMetric.timestamp >= since,
-                   MLMetric.timestamp <= (until or utcnow()))
-            .order_by(MLMetric.timestamp, MLMetric.id)
-        ).all()
+            select(MLMetric.id, MLMetric.entity_id, MLMetric.metric_value, MLMetric.timestamp, MLMetric.extra_data)
+            .where(*where).order_by(*order)).all()
+        return [(r[0], r[1], r[2], r[3], bad_rows.label_of(r[4])) for r in rows]
+
+    def load(self, metric_type: str, since: datetime, until: Optional[datetime] = None) -> TrainingData:
+        """The window's observations of ``metric_type`` (time order) with their labels.
+
+        Rows no model can use (non-finite value, no timestamp) are dropped and
+        counted in ``bad_rows``, so one bad row never fails the metric type.
+        """
+        rows, dropped = bad_rows.finite_rows(self._rows(metric_type, since, until or utcnow()), 2, 3)
         n = len(rows)
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
         entities = np.fromiter((np.nan if r[1] is None else r[1] for r in rows), dtype=float, count=n)
@@ -161,7 +207,7 @@ class ModelTrainer:
         ).scalars().all(), dtype=np.int64)
         marked = np.isin(ids, false_positive_ids) if false_positive_ids.size else np.zeros(n, dtype=bool)
         labels[marked] = LABEL_NORMAL  # an operator said so: that overrides any other label
-        return TrainingData(ids, entities, values, [r[3] for r in rows], labels, int(marked.sum()))
+        return TrainingData(ids, entities, values, [r[3] for r in rows], labels, int(marked.sum()), dropped)
 
     # ------------------------------------------------------------ training
     def settings(self) -> causal_detector.DetectorSettings:
@@ -206,27 +252,56 @@ class ModelTrainer:
                     metric_type=metric_type, samples=samples, reason=code)
         return result
 
+    def _fingerprint(self, data: TrainingData) -> str:
+        # Every setting of the detector as built (a subclass's changes count, and so does
+        # the subclass itself: its _fit may build something else), plus the window.
+        built = dataclasses.asdict(self.settings())
+        settings = {"feature_version": causal_detector.FEATURE_VERSION, "detector": built,
+                    "trainer": type(self).__qualname__, "window_days": self.window_days}
+        return fingerprint(data.ids, data.entity_ids, data.values, data.timestamps, data.labels, settings)
+
+    @staticmethod
+    def _recent(data: TrainingData, end: datetime) -> np.ndarray:
+        """Mask of the window's last ``ML_GATE_WINDOW_DAYS``: the sample the gate judges both models on."""
+        cutoff = end - timedelta(days=int(current("ML_GATE_WINDOW_DAYS")))
+        return np.fromiter((as_utc(t) >= cutoff for t in data.timestamps), dtype=bool, count=len(data))
+
     def train_one(self, metric_type: str, now: Optional[datetime] = None) -> dict[str, Any]:
         """Train, evaluate (if labelled) and save one metric type's model; return its summary.
 
-        The window is ``[now - window_days, now]``; ``now`` defaults to the current time.
+        The window is ``[end - window_days, end]`` where ``end`` is the newest
+        observation at or before ``now`` (default: the current time).
         """
         started = time.perf_counter()
-        now = now or utcnow()
+        now = self.newest(metric_type, now or utcnow()) or now or utcnow()
         since = now - timedelta(days=self.window_days)
         result: dict[str, Any] = {
             "metric_type": metric_type, "model_type": MODEL_TYPE, "status": "skipped", "model_id": None,
             "samples": 0, "entities": 0, "labelled": 0, "accuracy": None, "precision": None, "recall": None,
-            "skipped": None, "error": None, "seconds": None,
+            "skipped": None, "error": None, "seconds": None, "bad_rows": 0, "promotion": None,
         }
         data = self.load(metric_type, since, now)
         self.session.rollback()  # end the read transaction before the long fit
         result["samples"] = len(data)
+        result["bad_rows"] = data.bad_rows
+        bad_rows.report("train_models", metric_type, data.bad_rows)
         if len(data) < self.min_samples:
             return self._skip(result, metric_type, f"{len(data)} observations in the last {self.window_days} days, "
                               f"fewer than ML_MIN_TRAIN_SAMPLES={self.min_samples}", len(data), started,
                               "min_samples")
+
+        data_print = self._fingerprint(data)
+        existing = version_with(self.session, MODEL_TYPE, metric_type, data_print)
+        self.session.rollback()
+        if existing is not None:
+            result.update(status="unchanged", model_id=existing, seconds=round(time.perf_counter() - started, 3),
+                          skipped=f"same data and settings as model {existing}: no new version")
+            events.emit("training_unchanged", f"Training of {metric_type} skipped: {result['skipped']}",
+                        metric_type=metric_type, model_id=existing, samples=len(data))
+            return result
+
         evaluation = self._evaluate_on_holdout(data)
+        checkpoint(f"before fitting {metric_type}")
         model = self._fit(data, len(data), now.timestamp())
         if model is None:
             return self._skip(result, metric_type, f"fewer than {self.settings().min_samples} "
@@ -250,13 +325,22 @@ class ModelTrainer:
             },
             "labels": labels,
             "evaluation": evaluation,
+            FINGERPRINT_KEY: data_print,
             "fit_seconds": round(time.perf_counter() - started, 3),
         }
         scores = {k: evaluation.get(k) for k in ("accuracy", "precision", "recall")}
         row = self.model_manager.save_model(
             model, MODEL_TYPE, metric_type, scores["accuracy"], scores["precision"], scores["recall"],
-            parameters=parameters, training_date=now, actor=self.actor,
+            parameters=parameters, training_date=now, actor=self.actor, activate=False,
         )
+        recent = self._recent(data, now)  # a suffix: the rows are in time order
+        start = int(np.argmax(recent)) if recent.any() else len(data)
+        epoch = data.epoch
+        promotion = decide(self.model_manager, model_type=MODEL_TYPE, metric_type=metric_type, challenger_id=row.id,
+                           challenger=model, labels=data.labels[start:], mode=self.promote, actor=self.actor,
+                           score=lambda candidate: score_window(candidate, data.entity_ids, epoch, data.values, start),
+                           fingerprint=data_print)
+        result["promotion"] = {k: promotion[k] for k in ("decision", "reason", "champion_id", "method")}
         result.update(status="trained", model_id=row.id, entities=entities,
                       labelled=int(evaluation.get("labelled", 0)), **scores,
                       seconds=round(time.perf_counter() - started, 3))
@@ -283,8 +367,11 @@ class ModelTrainer:
             self.session.rollback()
         results = []
         for name in types:
+            checkpoint(f"before training {name}")
             try:
                 results.append(self.train_one(name, now=now))
+            except JobInterrupted:
+                raise
             except Exception as exc:  # one metric type must not stop the others
                 try:
                     self.session.rollback()
@@ -296,12 +383,15 @@ class ModelTrainer:
                 results.append({"metric_type": name, "model_type": MODEL_TYPE, "status": "failed", "model_id": None,
                                 "samples": None, "entities": None, "labelled": None, "accuracy": None,
                                 "precision": None, "recall": None, "skipped": None,
-                                "error": f"{type(exc).__name__}: {exc}", "seconds": None})
+                                "error": f"{type(exc).__name__}: {exc}", "seconds": None, "promotion": None})
         return results
 
 
-def train_models(metric_type: Optional[str] = None, actor: str = "trainer") -> list[dict[str, Any]]:
-    """Train every metric type (or one) in the current app; the scheduler's and the CLI's entry point."""
+def train_models(metric_type: Optional[str] = None, actor: str = "trainer", promote: str = "auto") -> list[dict[str, Any]]:
+    """Train every metric type (or one) in the current app; the scheduler's and the CLI's entry point.
+
+    ``promote``: ``auto`` (the gate decides), ``never`` or ``always``.
+    """
     from utils.extensions import db
 
-    return ModelTrainer(db, actor=actor).train(metric_type)
+    return ModelTrainer(db, actor=actor, promote=promote).train(metric_type)

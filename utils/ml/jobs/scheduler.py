@@ -34,6 +34,7 @@ from flask import Flask
 
 from utils.ml import events
 from utils.ml.jobs.definitions import JOBS
+from utils.ml.jobs.interrupt import guard_worker_signals, request_stop
 from utils.ml.jobs.leader import LeaderElector
 from utils.ml.jobs.locks import LEADER_LOCK_CLASS, LEADER_LOCK_NAME, make_lock
 from utils.ml.jobs.runner import run_scheduled_tick, tick_for
@@ -46,6 +47,8 @@ EXTENSION_KEY = "ml_scheduler"
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 _start_lock = threading.Lock()
+# How long a stopping scheduler waits for a running job to reach its next safe point.
+SHUTDOWN_WAIT_SECONDS = 3.0
 
 
 def misfire_grace_seconds(interval: float) -> int:
@@ -78,6 +81,8 @@ class MLScheduler:
             validity, backend = 3 * heartbeat, "postgresql"
         self.elector = LeaderElector(lock, heartbeat, validity, backend=backend)
         self._stopping = threading.Event()
+        self._in_flight = 0
+        self._in_flight_done = threading.Condition()
         self._aps = BackgroundScheduler(
             timezone=timezone.utc,
             # One thread per job: a long training run never delays a scan.
@@ -109,16 +114,32 @@ class MLScheduler:
         scheduled_for = tick_for(time.time(), interval)
         if self._stopping.is_set() or not self.elector.is_leader():
             return None
-        return run_scheduled_tick(self.app, name, scheduled_for)
+        with self._in_flight_done:
+            self._in_flight += 1
+        try:
+            return run_scheduled_tick(self.app, name, scheduled_for)
+        finally:
+            with self._in_flight_done:
+                self._in_flight -= 1
+                self._in_flight_done.notify_all()
 
-    def shutdown(self, wait: bool = True) -> None:
-        """Stop ticking, let running jobs finish (``wait``), then give leadership up."""
+    def shutdown(self, wait: bool = True, timeout: float = SHUTDOWN_WAIT_SECONDS) -> None:
+        """Stop ticking, wait for running jobs (``wait``, at most ``timeout`` seconds), then give
+        leadership up.
+
+        A process that is stopping calls :func:`~utils.ml.jobs.interrupt.request_stop` first
+        (the signal paths do), so a running job stops at its next safe point within the wait;
+        one that has not by then is recorded as abandoned by the next run.
+        """
         if self._stopping.is_set():
             return
         self._stopping.set()
         try:
             if self._aps.running:
-                self._aps.shutdown(wait=wait)
+                self._aps.shutdown(wait=False)
+            if wait:
+                with self._in_flight_done:
+                    self._in_flight_done.wait_for(lambda: self._in_flight == 0, timeout=timeout)
         finally:
             self.elector.stop()
             events.emit("scheduler_stopped", f"scheduler stopped in pid {os.getpid()}", pid=os.getpid())
@@ -165,13 +186,15 @@ def start_for_web_worker(wsgi_app: Any) -> Optional[MLScheduler]:
     if not isinstance(wsgi_app, Flask):
         logger.warning("scheduler not started: the WSGI app is %r, not the Flask app", type(wsgi_app).__name__)
         return None
+    guard_worker_signals()
     if not (wsgi_app.config.get("ML_SCHEDULER_ENABLED") and wsgi_app.config.get("ML_ENABLED")):
         return None
     return start_scheduler(wsgi_app)
 
 
 def stop_for_web_worker(wsgi_app: Any) -> None:
-    """gunicorn ``worker_exit``: stop this worker's scheduler (if it started one)."""
+    """gunicorn ``worker_exit``: interrupt this worker's jobs, stop its scheduler (if it started one)."""
+    request_stop()
     if isinstance(wsgi_app, Flask):
         stop_scheduler(wsgi_app)
 

@@ -9,6 +9,8 @@ arrays scoring needs.  A value that is not a finite number is refused with
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -27,6 +29,11 @@ class ObservationBatch:
     entity_ids: np.ndarray  # float, NaN where unknown
     observation_ids: Optional[np.ndarray] = None
     has_entities: bool = False
+    # Scan pages only: the last id read (None for an empty page) and how many
+    # rows read were dropped as unusable (see utils.ml.pipeline.bad_rows), so
+    # the watermark steps over a bad row once instead of re-reading it forever.
+    last_read_id: Optional[int] = None
+    dropped: int = 0
     # Observation times, UTC epoch seconds (float): what causal scoring orders by; None when unknown.
     timestamps: Optional[np.ndarray] = None
 
@@ -109,3 +116,205 @@ def _finite(value: Any, index: int) -> float:
     if not math.isfinite(number):
         raise InvalidInput(f"values[{index}]", f"must be a finite number (got {value!r})")
     return number
+
+
+# ---------------------------------------------------------------------------
+# Reading a scan's batches: one page of observations per call, in id order.
+#
+# A page is ``metric_type``'s rows with ``after < id <= upper``, the first
+# ``limit`` of them by id (keyset paging on idx_ml_metrics_type_id).
+# PostgreSQL sends the page as ONE bytea value: each row packed server-side
+# into 32 fixed-width big-endian bytes (int8send/float8send), which numpy reads
+# in one pass.  That is what made binary COPY fast (no Python tuple per row,
+# little time holding the GIL, which matters when the page is read on a second
+# thread while the first one scores: :class:`BatchReader` below), and unlike
+# COPY it works under the process's psycopg2 wait callback (utils.db_bounds),
+# which refuses COPY.
+
+_PAGE_SQL = ("SELECT id, entity_id, metric_value, {ts} FROM ml_metrics "
+             "WHERE metric_type = {p} AND id > {p} AND id <= {p} ORDER BY id LIMIT {p}")
+# A missing entity, value or time becomes NaN, so every row has the same width.
+_PACKED_SQL = ("SELECT string_agg(int8send(id) || float8send(coalesce(entity_id::float8, 'NaN')) "
+               "|| float8send(coalesce(metric_value::float8, 'NaN')) "
+               "|| float8send(coalesce(CAST(EXTRACT(EPOCH FROM timestamp) AS float8), 'NaN')), ''::bytea ORDER BY id) "
+               "FROM (SELECT id, entity_id, metric_value, timestamp FROM ml_metrics "
+               "WHERE metric_type = %s AND id > %s AND id <= %s ORDER BY id LIMIT %s) AS page")
+_PACKED_ROW = np.dtype([("id", ">i8"), ("entity", ">f8"), ("value", ">f8"), ("ts", ">f8")])
+
+
+def read_page(dbapi_connection: Any, dialect_name: str, metric_type: str, after: int, upper: int,
+              limit: int) -> ObservationBatch:
+    """One page of the scan (see above) through a DBAPI connection, in whatever transaction it is in."""
+    cursor = dbapi_connection.cursor()
+    try:
+        if dialect_name == "postgresql":
+            cursor.execute(_PACKED_SQL, (metric_type, after, upper, limit))
+            return decode_packed(cursor.fetchone()[0])
+        from utils.ml.pipeline.history import epoch_sql
+
+        placeholder = "%s" if dialect_name != "sqlite" else "?"
+        cursor.execute(_PAGE_SQL.format(p=placeholder, ts=epoch_sql(dialect_name)), (metric_type, after, upper, limit))
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
+    # None -> NaN in the same C-level pass; float64 holds ids exactly up to 2**53.
+    table = np.array(rows, dtype=float).reshape(-1, 4)
+    return _page(table[:, 2], table[:, 1], table[:, 0].astype(np.int64), table[:, 3])
+
+
+def _page(values: np.ndarray, entity_ids: np.ndarray, observation_ids: np.ndarray,
+          timestamps: np.ndarray) -> ObservationBatch:
+    """A scan page without its unusable rows (non-finite value or no time), remembering the last id read."""
+    ok = np.isfinite(values) & np.isfinite(timestamps)
+    dropped = int(ok.size - int(ok.sum()))
+    last_read_id = int(observation_ids[-1]) if observation_ids.size else None
+    if dropped:
+        values, entity_ids, observation_ids, timestamps = (values[ok], entity_ids[ok], observation_ids[ok],
+                                                           timestamps[ok])
+    page = ObservationBatch(values, entity_ids, observation_ids, has_entities=True, timestamps=timestamps)
+    page.last_read_id, page.dropped = last_read_id, dropped
+    return page
+
+
+def decode_packed(data: Any) -> ObservationBatch:
+    """The page in a ``_PACKED_SQL`` value (None: no rows); ValueError if the bytes are not whole rows."""
+    if data is None:
+        data = b""
+    view = memoryview(data)
+    if len(view) % _PACKED_ROW.itemsize:
+        raise ValueError(f"packed page of {len(view)} bytes is not whole rows of {_PACKED_ROW.itemsize}")
+    rows = np.frombuffer(view, dtype=_PACKED_ROW)
+    return _page(rows["value"].astype(float), rows["entity"].astype(float), rows["id"].astype(np.int64),
+                 rows["ts"].astype(float))
+
+
+# A page read on the reader's own connection may take at most this long
+# (an index range scan of ML_SCAN_BATCH_SIZE rows takes milliseconds).
+READ_TIMEOUT_MS = 60_000
+_POLL_SECONDS = 0.05  # how often a blocked reader or scan looks at the stop event
+
+
+class BatchReader:
+    """A scan's pages (:func:`read_page`), read up to ``read_ahead`` pages ahead of the scan.
+
+    ``fetch(after)`` returns the page that starts after id ``after`` —
+    the same rows a read in the scan's own transaction would return, since
+    every id up to ``upper`` is settled.  With ``read_ahead`` > 0 on
+    PostgreSQL a thread reads the following pages on its own connection
+    (one short transaction per page) while the caller scores; the pages wait
+    in a queue of ``read_ahead`` places, so at most ``read_ahead`` + 2 pages
+    are in memory (queued, being read, being scored).  If ``after`` is not
+    where the thread's pages start (another scan moved the watermark), the
+    thread is restarted there.  An error on the thread is raised by the
+    ``fetch`` that would have returned the failed page.  ``close()`` (or
+    leaving the ``with`` block) stops the thread promptly; so does ``stop``,
+    an event the caller may set from anywhere, after which ``fetch`` raises
+    :class:`ReadStopped`.  Otherwise (SQLite, ``read_ahead`` = 0) each
+    ``fetch`` reads in the session's current transaction.
+    """
+
+    def __init__(self, metric_type: str, upper: Optional[int], limit: int, *, read_ahead: Optional[int] = None,
+                 session: Any = None, stop: Optional[threading.Event] = None) -> None:
+        if session is None:
+            from utils.extensions import db
+            session = db.session
+        if read_ahead is None:
+            from utils.settings import current
+            read_ahead = int(current("ML_SCAN_READ_AHEAD"))
+        self.session, self.metric_type, self.upper, self.limit = session, metric_type, upper or 0, limit
+        self.engine = session.get_bind()
+        self.read_ahead = read_ahead if self.engine.dialect.name == "postgresql" else 0
+        self.stop = stop or threading.Event()
+        self.pages_read = 0  # by the thread: how far it got (the memory bound is checked against it)
+        self._thread: Optional[threading.Thread] = None
+        self._queue: "queue.Queue[tuple[int, Any]]" = queue.Queue()
+        self._halt = threading.Event()  # stops the current thread only (restart, close)
+        self._next_after: Optional[int] = None
+
+    def __enter__(self) -> "BatchReader":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def fetch(self, after: int) -> ObservationBatch:
+        if self.stop.is_set():
+            raise ReadStopped(self.metric_type)
+        if not self.read_ahead:
+            connection = self.session.connection()
+            return read_page(connection.connection.dbapi_connection, connection.dialect.name,
+                             self.metric_type, after, self.upper, self.limit)
+        if self._thread is None or after != self._next_after:
+            self._start(after)
+        start, item = self._take()
+        if isinstance(item, BaseException):
+            self._next_after = None  # the next fetch starts a fresh thread
+            raise item
+        if start != after:  # cannot happen: pages are queued in order from where the thread started
+            raise RuntimeError(f"scan reader out of step: page after {start}, wanted after {after}")
+        self._next_after = item.last_read_id
+        return item
+
+    def close(self) -> None:
+        """Stop the reading thread (if any) and wait for it to let go of its connection."""
+        self._halt.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(READ_TIMEOUT_MS / 1000)
+
+    def _start(self, after: int) -> None:
+        self.close()
+        self._halt = threading.Event()
+        self._queue = queue.Queue(maxsize=self.read_ahead)
+        self._thread = threading.Thread(target=self._produce, args=(after, self._queue, self._halt),
+                                        name=f"scan-reader-{self.metric_type}", daemon=True)
+        self._thread.start()
+
+    def _take(self) -> tuple[int, Any]:
+        thread = self._thread
+        while True:
+            if self.stop.is_set():
+                raise ReadStopped(self.metric_type)
+            try:
+                return self._queue.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                if thread is None or not thread.is_alive():
+                    if not self._queue.empty():
+                        continue
+                    raise RuntimeError(f"scan reader of {self.metric_type} ended without a page")
+
+    def _produce(self, after: int, pages: "queue.Queue[tuple[int, Any]]", halt: threading.Event) -> None:
+        """The thread: pages from ``after`` on, ending with an empty one (or the error that ended it)."""
+        def put(item: tuple[int, Any]) -> bool:
+            while not (halt.is_set() or self.stop.is_set()):
+                try:
+                    pages.put(item, timeout=_POLL_SECONDS)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            with self.engine.connect() as connection:
+                while not (halt.is_set() or self.stop.is_set()):
+                    if after >= self.upper:
+                        page = _page(np.empty(0), np.empty(0), np.empty(0, dtype=np.int64), np.empty(0))
+                    else:
+                        with connection.begin():
+                            connection.exec_driver_sql(f"SET LOCAL statement_timeout = {READ_TIMEOUT_MS}")
+                            page = read_page(connection.connection.dbapi_connection, "postgresql",
+                                             self.metric_type, after, self.upper, self.limit)
+                        self.pages_read += 1
+                    if not put((after, page)) or page.last_read_id is None:
+                        return
+                    after = page.last_read_id
+        except BaseException as exc:  # handed to the scan, which raises it where the page was wanted
+            put((after, exc))
+
+
+class ReadStopped(Exception):
+    """The scan's stop event was set while it read."""
+
+    def __init__(self, metric_type: str) -> None:
+        super().__init__(f"reading {metric_type} stopped")
+        self.metric_type = metric_type

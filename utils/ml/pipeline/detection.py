@@ -20,8 +20,10 @@ from (file or database), or ``z_score``.
 
 Every step down the chain logs a WARNING naming the reason, through
 ``events.emit("model_fallback", ...)``, and the result lists the reasons.  A
-model that loads but fails when scoring (for instance one fitted on fewer
-features than detection computes) falls back too.
+model that loads but fails when scoring falls back too.  A model whose input
+this service cannot compute (the minibar app's aggregate-feature models,
+``utils.ml.store.signature``) is never used: reason ``incompatible_input``,
+and the chain goes straight to the Z-score (its BLOB is the same model).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from sqlalchemy import select
 from utils.ml import events
 from utils.ml.pipeline.batch import ObservationBatch
 from utils.ml.pipeline.features import MODEL_TYPE
+from utils.ml.store.legacy import INCOMPATIBLE
 from utils.ml.pipeline.history import History, empty_history
 from utils.ml.pipeline.scoring import (
     Scores,
@@ -179,6 +182,9 @@ class DetectorChain:
                 self.method, self.model, self.model_id, self.source = method, outcome.model, outcome.model_id, \
                     outcome.source
                 return
+            if outcome.reason == INCOMPATIBLE and METHOD_ZSCORE in self.stages:
+                # The same row whichever store it comes from: skip to the Z-score.
+                self._stage = self.stages.index(METHOD_ZSCORE) - 1
             self._fall_back(method, outcome.reason or "not_loaded", outcome.detail, outcome.model_id)
         self.method = None
 

@@ -35,19 +35,20 @@ import logging
 import time
 from typing import Any, Optional
 
-import numpy as np
 from sqlalchemy import func, select, text, update
 
 from utils.extensions import db
 from utils.ml import events
+from utils.ml.jobs.interrupt import JobInterrupted, checkpoint
 from utils.ml.anomaly_detector import AnomalyDetector
+from utils.ml.pipeline import bad_rows
 from utils.ml.pipeline.alert_rows import dialect_insert, insert_alerts, record_alerts
-from utils.ml.pipeline.batch import ObservationBatch
+from utils.ml.pipeline.batch import BatchReader
 from utils.ml.pipeline.detection import DetectorChain, load_reference_values
 from utils.ml.pipeline.features import MODEL_TYPE
-from utils.ml.pipeline.history import HistoryCache, entity_codes, epoch_sql
+from utils.ml.pipeline.history import HistoryCache, entity_codes
 from utils.ml.pipeline.observations import INTERNAL_METRIC_TYPES, MODEL_LOAD_TIME, check_observed_metric_type
-from utils.models import MLAlert, MLMetric, ScanWatermark
+from utils.models import MLMetric, ScanWatermark
 from utils.settings import current
 from utils.time import utcnow
 
@@ -90,28 +91,6 @@ def _lock_watermark(metric_type: str) -> int:
     ).scalar_one()
 
 
-_BATCH_SQL = ("SELECT id, entity_id, metric_value, {ts} FROM ml_metrics "
-              "WHERE metric_type = {p} AND id > {p} AND id <= {p} ORDER BY id LIMIT {p}")
-
-
-def _fetch_batch(metric_type: str, after: int, upto: int, limit: int) -> ObservationBatch:
-    """The next batch, read through the DBAPI cursor of the session's connection (same transaction).
-
-    Plain tuples straight into one numpy conversion: building a SQLAlchemy
-    Row per observation cost four times the query itself on a million rows.
-    """
-    connection = db.session.connection()
-    placeholder = "?" if connection.dialect.paramstyle == "qmark" else "%s"
-    cursor = connection.connection.dbapi_connection.cursor()
-    try:
-        cursor.execute(_BATCH_SQL.format(p=placeholder, ts=epoch_sql(connection.dialect.name)),
-                       (metric_type, after, upto, limit))
-        rows = cursor.fetchall()
-    finally:
-        cursor.close()
-    # None -> NaN in the same C-level pass; float64 holds ids exactly up to 2**53 (and epoch seconds to 1 us).
-    table = np.array(rows, dtype=float).reshape(-1, 4)
-    return ObservationBatch.from_arrays(table[:, 2], table[:, 1], table[:, 0].astype(np.int64), table[:, 3])
 
 
 def _record_load_time(chain: DetectorChain, metric_type: str) -> None:
@@ -169,7 +148,7 @@ def scan_metric_type(metric_type: str, *, batch_size: Optional[int] = None,
     summary: dict[str, Any] = {"metric_type": metric_type, "scanned": 0, "alerts": 0, "duplicates_ignored": 0,
                                "incidents_opened": 0, "history_rows": 0,
                                "batches": 0, "method": None, "model_id": None, "source": None, "load_ms": None,
-                               "fallback_reasons": [], "watermark": None, "seconds": None}
+                               "fallback_reasons": [], "watermark": None, "seconds": None, "bad_rows": 0}
     _ensure_watermark(metric_type)
     upper = settled_upper_bound(metric_type)
     summary["watermark"] = db.session.execute(
@@ -182,22 +161,28 @@ def scan_metric_type(metric_type: str, *, batch_size: Optional[int] = None,
     if upper is not None and summary["watermark"] < upper:
         chain.ensure_loaded()  # once per metric type, before any lock is taken
     db.session.rollback()
+    reader = BatchReader(metric_type, upper, batch_size)  # reads ahead on a second thread (PostgreSQL)
     try:
         while upper is not None and summary["watermark"] < upper:
+            checkpoint(f"between scan batches of {metric_type}")  # every batch so far is committed
             watermark = _lock_watermark(metric_type)  # re-read under the lock: another scan may have moved it
             summary["watermark"] = watermark
             if watermark >= upper:
                 db.session.rollback()
                 break
-            batch = _fetch_batch(metric_type, watermark, upper, batch_size)
-            if len(batch) == 0:
+            batch = reader.fetch(watermark)
+            last_id, dropped = batch.last_read_id, batch.dropped
+            if last_id is None:
                 db.session.rollback()
                 break
-            scores = chain.score(batch)
-            history.advance(entity_codes(batch.entity_ids), batch.timestamps, batch.values)
-            recorded = record_alerts(metric_type, batch, scores, chain.method, chain.model_id)
+            summary["bad_rows"] += dropped
+            recorded = {"inserted": 0, "candidates": 0, "opened": 0}
+            if len(batch):  # a page of only unusable rows still moves the watermark past them
+                scores = chain.score(batch)
+                history.advance(entity_codes(batch.entity_ids), batch.timestamps, batch.values)
+                recorded = record_alerts(metric_type, batch, scores, chain.method, chain.model_id)
             inserted = recorded["inserted"]
-            new_watermark = int(batch.observation_ids[-1])
+            new_watermark = last_id
             db.session.execute(
                 update(ScanWatermark).where(ScanWatermark.metric_type == metric_type)
                 .values(last_observation_id=new_watermark, updated_at=utcnow())
@@ -216,6 +201,9 @@ def scan_metric_type(metric_type: str, *, batch_size: Optional[int] = None,
     except BaseException:
         db.session.rollback()
         raise
+    finally:
+        reader.close()
+    bad_rows.report("anomaly_scan", metric_type, summary["bad_rows"])
     summary["history_rows"] = history.loaded_rows
     if summary["batches"]:
         summary.update(method=chain.method, model_id=chain.model_id, source=chain.source,
@@ -245,6 +233,8 @@ def run_scan(metric_type: Optional[str] = None) -> dict[str, Any]:
     for name in types:
         try:
             per_type[name] = scan_metric_type(name, detector=detector)
+        except JobInterrupted:
+            raise
         except Exception as exc:  # one metric type must not stop the others
             errors += 1
             logger.exception("scan of %s failed", name)
@@ -255,6 +245,7 @@ def run_scan(metric_type: Optional[str] = None) -> dict[str, Any]:
         "metric_types": per_type,
         "scanned": sum(v.get("scanned", 0) for v in per_type.values()),
         "alerts": sum(v.get("alerts", 0) for v in per_type.values()),
+        "bad_rows": sum(v.get("bad_rows", 0) for v in per_type.values()),
         "errors": errors,
         "seconds": round(time.perf_counter() - started, 3),
     }

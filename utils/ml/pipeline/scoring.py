@@ -27,7 +27,7 @@ from sklearn.pipeline import Pipeline
 
 from utils.ml.detector import model as causal_detector
 from utils.ml.pipeline.batch import ObservationBatch
-from utils.ml.pipeline.features import is_feature_pipeline, model_input
+from utils.ml.pipeline.features import is_feature_pipeline, model_input, observation_matrix
 from utils.ml.pipeline.history import History, entity_codes
 
 # Iglewicz & Hoaglin (1993): a modified Z-score above 3.5 is a potential outlier.
@@ -147,3 +147,19 @@ def score_causal(model: Any, batch: ObservationBatch, history: History) -> Score
 def score_entity_zscore(batch: ObservationBatch, history: History) -> Scores:
     """The per-entity robust Z-score fallback (see the module docstring)."""
     return _from_detector(causal_detector.fallback_scores(*_arrays(batch), history=history))
+
+
+def score_window(model: Any, entity_ids: np.ndarray, timestamps: np.ndarray, values: np.ndarray,
+                 start: int = 0) -> Scores:
+    """Score rows ``start:`` of a time-ordered window with any model this service loads.
+
+    A causal detector judges each row against its entity's rows before
+    ``start`` (the history a scan would have); a feature-version-1 pipeline
+    scores the rows alone.  The gate and the comparison score champion and
+    challenger through this one function, so both are judged the same way.
+    """
+    if is_causal_model(model):
+        codes = entity_codes(entity_ids)
+        batch = ObservationBatch.from_arrays(values[start:], entity_ids[start:], timestamps=timestamps[start:])
+        return score_causal(model, batch, (codes[:start], timestamps[:start], values[:start]))
+    return score_with_model(model, observation_matrix(entity_ids[start:], values[start:]))

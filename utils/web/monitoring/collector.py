@@ -18,6 +18,7 @@ from sqlalchemy import func, select, text
 from utils.extensions import db
 from utils.ml.jobs.locks import LEADER_LOCK_CLASS, LEADER_LOCK_NAME, lock_key
 from utils.ml.jobs.records import STATUS_FAILED, STATUS_SUCCESS
+from utils.ml.promotion.metrics import promotion_metrics
 from utils.models import JobRun, MLModel, SchedulerLease
 from utils.time import as_utc, utcnow
 
@@ -101,6 +102,7 @@ class StateCollector:
 
         yield from (age, active_id, versions)
         yield from _incident_metrics(now)
+        yield from promotion_metrics()
         yield from _job_metrics()
         yield GaugeMetricFamily("ml_scheduler_leaders",
                                 "Scheduler leaderships the database knows of: 1 is healthy, 0 means no "
