@@ -208,7 +208,8 @@ def scan_metric_type(metric_type: str, *, batch_size: Optional[int] = None,
     if summary["batches"]:
         summary.update(method=chain.method, model_id=chain.model_id, source=chain.source,
                        load_ms=round(chain.load_ms, 3), fallback_reasons=list(chain.fallback_reasons))
-        _record_load_time(chain, metric_type)
+        if current("ML_RECORD_LOAD_TIME"):  # off on a database the minibar app's ORM reads (README)
+            _record_load_time(chain, metric_type)
     summary["seconds"] = round(time.perf_counter() - started, 3)
     return summary
 
