@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional
 
 from flask import Flask
 
+from utils import db_bounds
 from utils.extensions import db, migrate
 from utils.settings import BASE_DIR, ConfigError, load_settings
 
@@ -23,6 +24,7 @@ from utils.settings import BASE_DIR, ConfigError, load_settings
 COMPONENTS = (
     "utils.logging_setup",
     "utils.web.errors",
+    "utils.web.security",
     "utils.web.health",
     "utils.ml.model_manager",
     "utils.cli",
@@ -31,14 +33,15 @@ COMPONENTS = (
     "utils.web.dashboard",
     "utils.ml.jobs.scheduler",
     "utils.ml.notify",
+    "utils.ml.promotion",
 )
 
 
-def _engine_options(url: str) -> dict[str, Any]:
-    if url.startswith("sqlite"):
+def _engine_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    if config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         # Writers wait for each other instead of failing with "database is locked".
         return {"connect_args": {"timeout": 30}}
-    return {"pool_pre_ping": True, "pool_recycle": 1800}
+    return db_bounds.engine_options(config)
 
 
 def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
@@ -50,12 +53,15 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     app = Flask(__name__, instance_path=str(BASE_DIR / "instance"))
     app.config.update(load_settings(os.environ, given=test_config.keys()))
     app.config.update(test_config)
-    app.config.setdefault(
-        "SQLALCHEMY_ENGINE_OPTIONS", _engine_options(app.config["SQLALCHEMY_DATABASE_URI"])
-    )
+    db_bounds.configure(app.config)
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", _engine_options(app.config))
     os.makedirs(app.instance_path, exist_ok=True)
 
     db.init_app(app)
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
+        db_bounds.install_wait_callback()
+        with app.app_context():
+            db_bounds.attach(db.engine)
     # Batch mode lets the same migration scripts alter tables on SQLite.
     migrate.init_app(app, db, directory=str(BASE_DIR / "migrations"), render_as_batch=True)
 

@@ -1,4 +1,4 @@
-"""Section 4: the end-to-end scan against the raw score_samples rate of the same models.
+"""Section 4: the end-to-end scan against the raw scoring rate of the same models, and its per-row cost.
 
 The data is the demo hotel (``utils.ml.pipeline.demo_data``), scaled so the three
 minibar metric types add up to the requested number of observations over 60
@@ -7,7 +7,9 @@ is ``utils.ml.pipeline.scan.run_scan`` — what ``flask ml scan`` runs: read fro
 PostgreSQL in batches, compute features, score, write alerts, move the
 watermarks.  "Raw" is the same active models' ``score_samples`` over the same
 observations already in memory (the feature step of the pipeline included,
-nothing else): the ceiling a scan could reach.
+nothing else): the ceiling a scan could reach.  ``cost`` (:mod:`bench.cost`)
+puts the per-row cost of training and scanning with the new detector beside
+today's model, on the same rows.
 """
 from __future__ import annotations
 
@@ -37,17 +39,21 @@ def _missing() -> Optional[str]:
 
 
 def raw_rate(metric_types: list[str], rows_per_type: Optional[int] = None) -> dict[str, Any]:
-    """score_samples of each active model over its observations already in memory, one thread, timed alone.
+    """Each active model's scoring of its observations already in memory, one thread, timed alone.
 
     The observations are read first (the first ``rows_per_type`` by id, or
-    all), outside the timing; only ``score_samples`` itself is timed.
+    all), outside the timing.  The causal detector (feature version 2) scores
+    them with their own earlier rows as history (features, forest,
+    thresholds); an older pipeline is timed on ``score_samples``.
     """
     import numpy as np
 
     from utils.extensions import db
     from utils.ml.model_manager import get_model_manager
-    from utils.ml.pipeline.batch import ObservationBatch, read_page
-    from utils.ml.pipeline.features import MODEL_TYPE, model_input
+    from utils.ml.pipeline.batch import read_page
+    from utils.ml.pipeline.features import MODEL_TYPE, model_input, observation_matrix
+    from utils.ml.pipeline.history import entity_codes
+    from utils.ml.pipeline.scoring import is_causal_model
 
     manager = get_model_manager()
     rows_total, seconds_total, per_type = 0, 0.0, {}
@@ -57,23 +63,29 @@ def raw_rate(metric_types: list[str], rows_per_type: Optional[int] = None) -> di
         while wanted > 0:
             page = read_page(connection.connection.dbapi_connection, connection.dialect.name, metric_type,
                              after, 2**62, min(wanted, 200_000))
-            if len(page) == 0:
+            if page.last_read_id is None:
                 break
             pages.append(page)
             wanted -= len(page)
-            after = int(page.observation_ids[-1])
-        batch = ObservationBatch.from_arrays(np.concatenate([p.values for p in pages]),
-                                             np.concatenate([p.entity_ids for p in pages]))
+            after = page.last_read_id
+        entities = np.concatenate([p.entity_ids for p in pages]) if pages else np.empty(0)
+        values = np.concatenate([p.values for p in pages]) if pages else np.empty(0)
+        stamps = np.concatenate([p.timestamps for p in pages]) if pages else np.empty(0)
         del pages
         model = manager.load_model_from_file(MODEL_TYPE, metric_type)
         if model is None:
             raise RuntimeError(f"no active model for {metric_type} after training")
-        matrix = model_input(model, batch.matrix)
-        started = time.perf_counter()
-        model.score_samples(matrix)
+        if is_causal_model(model):
+            codes = entity_codes(entities)
+            started = time.perf_counter()
+            model.score(codes, stamps, values)
+        else:
+            matrix = model_input(model, observation_matrix(entities, values))
+            started = time.perf_counter()
+            model.score_samples(matrix)
         elapsed = time.perf_counter() - started
-        per_type[metric_type] = {"rows": len(batch), "seconds": round(elapsed, 3)}
-        rows_total += len(batch)
+        per_type[metric_type] = {"rows": len(values), "seconds": round(elapsed, 3)}
+        rows_total += len(values)
         seconds_total += elapsed
     db.session.rollback()
     return {"rows": rows_total, "seconds": round(seconds_total, 3),
@@ -136,6 +148,12 @@ def run(env: Any, sizes: Any) -> dict[str, Any]:
     # The same scan again reading each batch in its own transaction, for the overlap's effect.
     in_turn = rescan(read_ahead=0)
     raw = raw_rate(sorted(summary["metric_types"]))
+    from bench import cost
+
+    per_row = cost.compare({"rows": sum(t["samples"] for t in trained), "seconds": train_seconds},
+                           {"rows": summary["scanned"], "seconds": scan_seconds, "alerts": summary["alerts"],
+                            "metric_types": summary["metric_types"]},
+                           window_days=DAYS + 1, simulator_days=42 if sizes.scan_observations < 100_000 else 90)
     end_to_end = {
         "read_ahead": int(env.app.config.get("ML_SCAN_READ_AHEAD", 2)),
         "rows": summary["scanned"],
@@ -159,4 +177,5 @@ def run(env: Any, sizes: Any) -> dict[str, Any]:
         "raw_score_samples": raw,
         "ratio_end_to_end_over_raw": round(end_to_end["rows_per_second"] / raw["rows_per_second"], 3),
         "ratio_read_in_turn_over_raw": round(in_turn["rows_per_second"] / raw["rows_per_second"], 3),
+        "cost": per_row,
     }

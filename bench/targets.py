@@ -72,6 +72,13 @@ def evaluate(sections: dict[str, Any]) -> list[Target]:
                f"{_get(scan, 'end_to_end', 'rows_per_second')} rows/s vs "
                f"{_get(scan, 'raw_score_samples', 'rows_per_second')} rows/s; read in turn "
                f"{_get(scan, 'end_to_end_read_in_turn', 'rows_per_second')} rows/s"),
+        _check("scan_cost", "per-row scan cost, new causal detector / today's model (same rows, run_scan)",
+               "<= 2x", "x", _get(scan, "cost", "service", "scan_ratio_new_over_today"), lambda v: v <= 2.0,
+               "{} vs {} us/row; training {} vs {} us/row".format(
+                   _get(scan, "cost", "service", "scan_us_per_row", "new"),
+                   _get(scan, "cost", "service", "scan_us_per_row", "today"),
+                   _get(scan, "cost", "service", "train_us_per_row", "new"),
+                   _get(scan, "cost", "service", "train_us_per_row", "today"))),
     ]
 
 

@@ -41,6 +41,18 @@ else
 fi
 export ML_ADMIN_TOKEN
 
+# The key that signs the dashboard cookie: its own random value, never the
+# token (a cookie signed with the token would let anyone test guesses offline).
+# Kept in instance/ (this user only), so sign-ins survive a restart.
+SECRET_FILE="instance/secret_key"
+if [ -z "${SECRET_KEY:-}" ]; then
+  if [ ! -s "$SECRET_FILE" ]; then
+    (umask 077 && "$BIN/python" -c 'import secrets; print(secrets.token_hex(32))' > "$SECRET_FILE")
+  fi
+  SECRET_KEY="$(cat "$SECRET_FILE")"
+fi
+export SECRET_KEY
+
 # Setup steps log only warnings; their results are printed as tables.
 step() { echo; echo "==> $*"; }
 flask_quiet() { ML_LOG_LEVEL="${ML_LOG_LEVEL:-WARNING}" "$BIN/flask" "$@"; }

@@ -77,6 +77,27 @@ def empty_database_url(backend, request, tmp_path):
         yield dbutil.sqlite_url(tmp_path / "empty.sqlite3")
 
 
+@pytest.fixture(scope="session")
+def legacy_templates(pg_available, tmp_path_factory):
+    """The minibar app's databases (LEGACY.md states A-D): state -> (template database, what it holds).
+
+    Each built on first use, once per session, shared by every legacy test module (clone it per test).
+    """
+    from tests.legacy import schema
+
+    built: dict[str, tuple[str, "schema.LegacyState"]] = {}
+
+    def get(state: str) -> tuple[str, schema.LegacyState]:
+        if state not in built:
+            name = dbutil.create_pg_database(prefix=f"mllegacy{state.lower()}")
+            built[state] = (name, schema.build(dbutil.pg_url(name), state, tmp_path_factory.mktemp(f"volume_{state}")))
+        return built[state]
+
+    yield get
+    for name, _ in built.values():
+        dbutil.drop_pg_database(name)
+
+
 @pytest.fixture
 def models_dir(tmp_path) -> Path:
     path = tmp_path / "ml_models"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-TOKEN = "test-admin-token"
+TOKEN = "test-admin-token-0123456789"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 

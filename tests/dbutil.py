@@ -72,11 +72,13 @@ def make_app(url: str, models_dir: Path, **overrides: Any):
         "TESTING": True,
         "SQLALCHEMY_DATABASE_URI": url,
         "ML_MODELS_DIR": str(models_dir),
-        "ML_ADMIN_TOKEN": "test-admin-token",
+        "ML_ADMIN_TOKEN": "test-admin-token-0123456789",
         "ML_SCHEDULER_ENABLED": False,
         # The seed's 1, 2, 4 s backoff, scaled down so fault tests run fast.
         "ML_LOAD_RETRY_DELAYS": (0.01, 0.02, 0.04),
         "SECRET_KEY": "test-secret",
+        # Many tests send wrong tokens on purpose; tests/test_auth_ratelimit.py sets the real limit.
+        "ML_AUTH_MAX_FAILURES": 100000,
     }
     config.update(overrides)
     return create_app(config)

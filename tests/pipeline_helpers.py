@@ -41,11 +41,12 @@ def observations(metric_type: str) -> list[dict[str, Any]]:
     from utils.models import MLMetric
 
     rows = db.session.execute(
-        select(MLMetric.id, MLMetric.entity_id, MLMetric.metric_value, MLMetric.extra_data)
+        select(MLMetric.id, MLMetric.entity_id, MLMetric.metric_value, MLMetric.extra_data, MLMetric.timestamp)
         .where(MLMetric.metric_type == metric_type).order_by(MLMetric.id)
     ).all()
     db.session.rollback()
-    return [{"id": r[0], "entity_id": r[1], "metric_value": r[2], "kind": _kind(r[3])} for r in rows]
+    return [{"id": r[0], "entity_id": r[1], "metric_value": r[2], "kind": _kind(r[3]),
+             "timestamp": r[4] if r[4].tzinfo else r[4].replace(tzinfo=timezone.utc)} for r in rows]
 
 
 def _kind(extra: Optional[dict[str, Any]]) -> str:
@@ -74,3 +75,30 @@ def fallback_warnings(caplog: Any) -> list[logging.LogRecord]:
     """The WARNING records of ``model_fallback`` events captured by pytest."""
     return [r for r in caplog.records
             if r.levelno == logging.WARNING and getattr(r, "event", None) == "model_fallback"]
+
+
+def fresh_spikes(metric_types: tuple[str, ...] = ("stok_seviye", "tuketim_miktar", "dolum_sure"),
+                 entities: int = 2, factor: float = 10000.0, hours_apart: float = 1.0) -> list[dict[str, Any]]:
+    """After training: each metric type's first ``entities`` entities read ``factor`` x their largest value
+    (the small demo hotel's windows are full of injected anomalies, so its per-entity limits are wide),
+    twice, ``hours_apart`` apart, just after their last observation (a causal detector judges new data;
+    the rows it was trained on are its own baseline).  Returns the ingested items."""
+    from utils.extensions import db
+    from utils.ml.pipeline.observations import ingest_observations
+    from utils.models import MLMetric
+
+    items = []
+    for metric_type in metric_types:
+        rows = db.session.execute(
+            select(MLMetric.entity_id, func.max(MLMetric.metric_value), func.max(MLMetric.timestamp))
+            .where(MLMetric.metric_type == metric_type).group_by(MLMetric.entity_id)
+            .order_by(MLMetric.entity_id).limit(entities)).all()
+        for entity, largest, last in rows:
+            last = last if last.tzinfo else last.replace(tzinfo=timezone.utc)
+            for k in (1, 2):
+                items.append({"metric_type": metric_type, "entity_id": entity,
+                              "metric_value": float(max(largest, 1.0) * factor),
+                              "timestamp": (last + timedelta(hours=k * hours_apart)).isoformat()})
+    db.session.rollback()
+    ingest_observations(items)
+    return items

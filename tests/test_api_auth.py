@@ -15,7 +15,7 @@ from utils.models import MLMetric
 from utils.web.api import OPERATIONS
 from utils.web.auth import NOT_CONFIGURED, bearer_failure, token_matches
 
-TOKEN = "test-admin-token"
+TOKEN = "test-admin-token-0123456789"
 ROUTES = [(op.method, re.sub(r"<[^>]+>", "1", op.rule), op) for op in OPERATIONS]
 INGEST = {"observations": [{"metric_type": "stok_seviye", "metric_value": 3, "timestamp": "2025-01-01T00:00:00Z"}]}
 

@@ -23,7 +23,7 @@ from utils.web.api import schemas
 from utils.web.api import OPERATIONS, api_document
 
 OPENAPI_PATH = "/api/ml/openapi.json"
-AUTH = {"Authorization": "Bearer test-admin-token"}
+AUTH = {"Authorization": "Bearer test-admin-token-0123456789"}
 
 
 def seed(app) -> None:
@@ -56,7 +56,8 @@ def test_document_is_valid_openapi_and_covers_every_route(client):
     for path, item in document["paths"].items():
         for method, entry in item.items():
             assert entry["security"] == [{"bearerAuth": []}], (method, path)
-            assert {"401", "503"} <= set(entry["responses"]), (method, path)
+            assert {"401", "429", "503"} <= set(entry["responses"]), (method, path)
+            assert "Retry-After" in entry["responses"]["429"]["headers"]
             for status, declared in entry["responses"].items():
                 schema = declared["content"]["application/json"]["schema"]
                 if status.startswith(("4", "5")):

@@ -104,7 +104,7 @@ ITEM_RULES = [
     ({"timestamp": "2025-02-30T00:00:00Z"}, "timestamp", "valid datetime"),
     ({"timestamp": 1735689600}, "timestamp", "valid datetime"),
     ({"timestamp": "0001-01-01T00:00:00+05:00"}, "timestamp", "between years 1 and 9999"),
-    ({"extra_data": [1, 2]}, "extra_data", "should be an object"),
+    ({"extra_data": [1, 2]}, "extra_data", "must be a JSON object"),
     ({"room": 101}, "room", "unknown field"),
 ]
 

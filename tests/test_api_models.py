@@ -22,7 +22,8 @@ METRIC = "stok_seviye"
 SUMMARY_KEYS = {
     "id", "model_type", "metric_type", "is_active", "storage", "path", "storage_key", "size_bytes", "size_kb",
     "checksum_sha256", "parameters", "training_date", "created_at", "accuracy", "precision", "recall",
-    "sklearn_version", "numpy_version", "python_version",
+    "sklearn_version", "numpy_version", "python_version", "legacy", "legacy_path", "input_signature", "input",
+    "compatible",
 }
 
 
@@ -68,6 +69,7 @@ def test_list_returns_metadata_newest_first_and_never_bytes(app, client, auth_he
     for model in body["models"]:
         assert set(model) == SUMMARY_KEYS  # no model_data, no bytes of any kind
         assert model["storage"] == "file"
+        assert (model["legacy"], model["compatible"], model["input_signature"]["kind"]) == (False, True, "raw_value")
         assert len(model["checksum_sha256"]) == 64
         assert model["training_date"].endswith("Z") or model["training_date"].endswith("+00:00")
     assert [m["is_active"] for m in body["models"]] == [True, True, False, False]
@@ -198,11 +200,16 @@ def test_rollback_is_atomic_audited_and_seen_by_another_instance(app, client, au
         response = client.post(f"/api/ml/models/{ids[1]}/activate", headers=auth_headers,
                                json={"reason": "rollback: v3 alerts too often", "actor": "alice"})
         assert response.status_code == 200, response.get_json()
-        assert response.get_json() == {
+        body = response.get_json()
+        pinned = body.pop("pinned")
+        assert body == {
             "model_id": ids[1], "model_type": "isolation_forest", "metric_type": METRIC,
             "from_model_id": ids[2], "actor": "api:alice", "reason": "rollback: v3 alerts too often",
             "changed": True,
         }
+        # A manual rollback sticks: the version is pinned, with who and why.
+        assert (pinned["model_id"], pinned["actor"], pinned["reason"]) == (
+            ids[1], "api:alice", "rollback: v3 alerts too often")
         assert active_id(app) == ids[1]
         last = audit_rows(app)[-1]
         assert (last.from_model_id, last.to_model_id, last.actor, last.reason) == (

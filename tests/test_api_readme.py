@@ -1,7 +1,7 @@
 """The README's REST API examples, run as written with curl against a live gunicorn.
 
 The bash block of the "REST API" section is executed by bash, with only the
-base URL and the example ids (42, 41, 17) replaced by the port and the rows of
+base URL and the example ids (42, 41, 17, 9) replaced by the port and the rows of
 this test's database.  Every curl must answer 2xx with JSON, and together they
 must touch every route of the API.
 """
@@ -16,11 +16,13 @@ from tests import dbutil, procutil
 from tests.ml_helpers import make_model
 from utils.extensions import db
 from utils.ml.model_manager import get_model_manager
+from utils.ml.incidents.models import MLIncident
 from utils.models import MLAlert
+from utils.time import utcnow
 from utils.web.api import OPERATIONS
 
 README = procutil.ROOT / "README.md"
-TOKEN = "readme-token"
+TOKEN = "readme-token-0123456789abcdef"
 
 
 def readme_block() -> str:
@@ -37,10 +39,16 @@ def seed(database_url: str, models_dir: Path) -> dict[str, int]:
         with app.app_context():
             manager = get_model_manager()
             older, newer = (manager.save_model(make_model(i), "isolation_forest", "stok_seviye").id for i in range(2))
-            alert = MLAlert(metric_type="stok_seviye", metric_value=500.0, severity="high", method="z_score")
+            now = utcnow()
+            incident = MLIncident(metric_type="stok_seviye", entity_id=3, started_at=now, ended_at=now,
+                                  alert_count=1, severity="high", peak_value=500.0)
+            db.session.add(incident)
+            db.session.flush()
+            alert = MLAlert(metric_type="stok_seviye", entity_id=3, metric_value=500.0, severity="high",
+                            method="z_score", incident_id=incident.id)
             db.session.add(alert)
             db.session.commit()
-            ids = {"42": newer, "41": older, "17": alert.id}
+            ids = {"42": newer, "41": older, "17": alert.id, "9": incident.id}
             db.session.remove()
     finally:
         dbutil.dispose(app)
@@ -60,7 +68,7 @@ def test_every_readme_curl_example_works(database_url, models_dir, tmp_path):
                             "gunicorn to answer /health", procs=[server], logs=[log])
         script = readme_block().replace("http://127.0.0.1:5000", f"http://127.0.0.1:{port}")
         for example, real in ids.items():
-            script = re.sub(rf"/(models|alerts)/{example}\b", lambda m: f"/{m.group(1)}/{real}", script)
+            script = re.sub(rf"/(models|alerts|incidents)/{example}\b", lambda m: f"/{m.group(1)}/{real}", script)
         out = tmp_path / "responses"
         out.mkdir()
         # Each curl records its method, URL, status and body; the commands themselves run unchanged.

@@ -245,7 +245,7 @@ def test_stylesheet_is_served_by_the_app(client):
 def test_svg_bars_stack_and_escape_labels():
     markup = svg_charts.stacked_bars(["01-01", "01-02"], [svg_charts.Series("<a>", [1, 2]),
                                                           svg_charts.Series("b", [3, None])], "t")
-    assert markup.count("<rect") == 3 and "&lt;a&gt;" in markup and "<a>" not in markup
+    assert markup.count("<rect class=\"bar\"") == 3 and "&lt;a&gt;" in markup and "<a>" not in markup
 
 
 def test_svg_lines_break_at_gaps_and_empty_input_says_so():

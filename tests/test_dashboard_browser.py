@@ -119,6 +119,10 @@ def test_sign_in_see_charts_roll_back_and_screenshot(app, server, browser, backe
     ids = seed_activity(app)
     previous, current = ids["stok_seviye"][1], ids["stok_seviye"][2]
     page = browser.new_page(viewport={"width": 1366, "height": 900})
+    # Anything the Content-Security-Policy blocks (an inline style, a script) is reported on the console.
+    blocked: list[str] = []
+    page.on("console", lambda message: blocked.append(message.text)
+            if "Content Security Policy" in message.text else None)
     try:
         page.goto(f"{server}/ml/dashboard")
         assert "/ml/dashboard/login" in page.url
@@ -141,6 +145,11 @@ def test_sign_in_see_charts_roll_back_and_screenshot(app, server, browser, backe
         assert page.locator("#chart-latency svg polyline").count() >= 2
         assert page.locator("#chart-fallback svg polyline").count() == 1
         assert "anomaly_scan" in page.inner_text("#jobs")
+        # The CSS applies under the CSP: the legend swatches are 10 px squares in the series' colours.
+        swatch = page.locator("#chart-alerts .legend .swatch").first.bounding_box()
+        assert swatch and round(swatch["width"]) == 10 and round(swatch["height"]) == 10
+        assert page.locator("svg.meter rect.meter-used").count() == 1
+        assert blocked == []
 
         # Roll stok_seviye back to the version before the active one.
         version_row = page.locator(f'#versions tr[data-model-id="{previous}"]')
@@ -157,6 +166,7 @@ def test_sign_in_see_charts_roll_back_and_screenshot(app, server, browser, backe
         page.goto(f"{server}/ml/dashboard")
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 20_000
+        assert blocked == []
         if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1" and backend == "postgresql":
             (ROOT / "docs").mkdir(exist_ok=True)
             shutil.copyfile(shot, ROOT / "docs" / "dashboard.png")

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
-SECRETS = ("ML_ADMIN_TOKEN", "POSTGRES_PASSWORD")
+SECRETS = ("ML_ADMIN_TOKEN", "SECRET_KEY", "POSTGRES_PASSWORD")
 
 
 # --------------------------------------------------------------------- helpers
@@ -61,7 +61,8 @@ def compose(args: list[str], tmp_path: Path, **env: str) -> subprocess.Completed
     )
 
 
-REQUIRED_ENV = {"ML_ADMIN_TOKEN": "tok-from-env-7f3a", "POSTGRES_PASSWORD": "pw-from-env-91c2"}
+REQUIRED_ENV = {"ML_ADMIN_TOKEN": "tok-from-env-7f3a-0123456789abcdef", "SECRET_KEY": "key-from-env-5e1d",
+                "POSTGRES_PASSWORD": "pw-from-env-91c2"}
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +188,7 @@ def test_compose_secrets_have_no_default_and_come_from_the_environment(rendered)
     for name in ("app", "scheduler"):
         env = services[name]["environment"]
         assert env["ML_ADMIN_TOKEN"] == token
+        assert env["SECRET_KEY"] == REQUIRED_ENV["SECRET_KEY"] != token
         url = sa.engine.make_url(env["DATABASE_URL"])
         assert (url.host, url.port, url.password) == ("db", 5432, password)
         assert url.database == services["db"]["environment"]["POSTGRES_DB"]
@@ -469,7 +471,7 @@ def test_entrypoint_upgrades_serves_with_two_workers_and_stops_cleanly(fresh_pg,
         assert http_status(f"{base}/health") == 200
         with urllib.request.urlopen(f"{base}/ready", timeout=3) as response:
             ready = json.load(response)
-        assert ready["checks"]["models_dir"]["path"] == env["ML_MODELS_DIR"]
+        assert ready["checks"]["models_dir"] == {"ok": True}  # no path for unauthenticated callers
         assert current_revision(url) == head_revision()
 
         # exec: the shell became the gunicorn master (it gets SIGTERM itself), with 2 workers.

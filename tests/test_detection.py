@@ -33,6 +33,13 @@ def trained(app_ctx, caplog):
             "observations": observations(METRIC)}
 
 
+def with_spike(obs):
+    """The observations plus one reading far above anything product 1 ever had, an hour after the last."""
+    from datetime import timedelta
+
+    return obs + [{"entity_id": 1, "metric_value": 1.0e7, "timestamp": obs[-1]["timestamp"] + timedelta(hours=1)}]
+
+
 def fresh_detector(manager):
     # A new process would start with an empty cache; so does this detector.
     manager.clear_cache()
@@ -59,29 +66,38 @@ def test_file_model_is_used_and_says_so(trained, caplog):
     assert len(result.results) == 200
     first = result.results[0]
     assert first["observation_id"] == obs[0]["id"] and first["entity_id"] == obs[0]["entity_id"]
-    # The result is the model's own verdict on the entity-aware features.
+    # The result is the causal detector's own verdict: these are the metric type's first 200
+    # observations, so no stored history precedes them and each is judged on the ones before it.
     model = trained["manager"].load_active("isolation_forest", METRIC).model
-    matrix = observation_matrix([o["entity_id"] for o in obs], [o["metric_value"] for o in obs])
-    assert [r["is_anomaly"] for r in result.results] == list(model.predict(matrix) == -1)
-    assert [r["score"] for r in result.results] == pytest.approx(list(-model.score_samples(matrix)))
+    verdict = model.score([o["entity_id"] for o in obs], [o["timestamp"].timestamp() for o in obs],
+                          [o["metric_value"] for o in obs])
+    assert [r["is_anomaly"] for r in result.results] == list(verdict.is_anomaly)
+    assert [r["score"] for r in result.results] == pytest.approx(list(verdict.score))
+    assert [r["threshold"] for r in result.results] == pytest.approx(list(verdict.threshold))
+    assert result.threshold is None  # thresholds are per entity
     # Same call again: served from the cache.
     assert detector.detect_with_model(METRIC, obs).source == "cache"
     assert result.to_dict()["anomaly_count"] == sum(r["is_anomaly"] for r in result.results)
 
 
 def test_plain_numbers_are_accepted(trained):
-    result = fresh_detector(trained["manager"]).detect_anomalies_with_fallback(METRIC, [40.0, 41, 5000])
+    """Plain numbers: one series without an entity, read now in the given order; each judged on those before it."""
+    values = [40.0, 41, 39, 40, 42, 41, 40, 39, 41, 40, 5000]
+    result = fresh_detector(trained["manager"]).detect_anomalies_with_fallback(METRIC, values)
     assert result.method == "isolation_forest_file"
-    assert [r["is_anomaly"] for r in result.results] == [False, False, True]
+    assert [r["is_anomaly"] for r in result.results] == [False] * 10 + [True]
+    # The first five have no baseline yet (warming up): never an alert, no expected value.
+    assert [r["expected_value"] for r in result.results[:5]] == [None] * 5
     assert "entity_id" not in result.results[0] and "observation_id" not in result.results[0]
 
 
 def test_deleted_model_file_falls_back_to_z_score(trained, caplog):
     trained["path"].unlink()
-    result = fresh_detector(trained["manager"]).detect_anomalies_with_fallback(METRIC, trained["observations"])
+    result = fresh_detector(trained["manager"]).detect_anomalies_with_fallback(METRIC, with_spike(trained["observations"]))
     assert result.method == "z_score" and result.model_id is None
     assert_fell_back(caplog, result, [("isolation_forest_file", "file_missing"), ("isolation_forest_db", "no_blob")])
-    assert any(r["is_anomaly"] for r in result.results)
+    # The fallback is per entity: the spike is judged against product 1's own readings.
+    assert result.results[-1]["is_anomaly"] and result.results[-1]["threshold"] == 5.0
 
 
 def test_corrupted_model_file_is_never_unpickled_and_falls_back(trained, caplog):
@@ -100,10 +116,10 @@ def test_missing_file_with_blob_uses_the_database_copy(trained, caplog):
     db.session.execute(db.update(MLModel).where(MLModel.id == row.id).values(model_data=trained["path"].read_bytes()))
     db.session.commit()
     trained["path"].unlink()
-    result = fresh_detector(trained["manager"]).detect_anomalies_with_fallback(METRIC, trained["observations"])
+    result = fresh_detector(trained["manager"]).detect_anomalies_with_fallback(METRIC, with_spike(trained["observations"]))
     assert result.method == "isolation_forest_db" and result.model_id == row.id and result.source == "database"
     assert_fell_back(caplog, result, [("isolation_forest_file", "file_missing")])
-    assert sum(r["is_anomaly"] for r in result.results) > 0
+    assert result.results[-1]["is_anomaly"]
 
     # Both file and BLOB gone: Z-score.
     caplog.clear()

@@ -1,98 +1,103 @@
-"""Detection quality on the labelled demo hotel, measured end to end through the scan.
+"""Detection quality in the service's own path, on the evaluation simulator's hotel (not the old demo data).
 
-The default hotel (120 rooms, 40 products, 8 attendants, 60 days, the
-default seed) is generated, the models trained, and ``run_scan`` raises
-alerts — the model path.  Then the models are deactivated (the real cause
-"no active model"), the alerts and watermarks reset, and the same scan runs
-again — the Z-score path.  The alerts of each run are compared with the labels.
+The simulator (``flask ml demo-data --realistic``) is independent of the
+detector.  The test inserts a small hotel (75 days), trains with the real
+trainer at day 61 (``ML_TRAIN_WINDOW_DAYS`` = 60 before it), sets the scan
+watermarks to the last observation before that day, and lets ``run_scan``
+score the last 14 days causally, grouping alerts into incidents.  Then:
 
-SQLite only: the statistics do not depend on the database, the scan's
-database behaviour is covered on both backends in ``test_scan.py``, and one
-realistic-size run keeps the suite fast (about 10 s).
+* an event counts as found when an alert of its entity falls in its window;
+* an incident is false when none of its alerts is on a labelled observation.
 
-Thresholds, and why (measured with this seed, scikit-learn 1.9, by
-``scripts/detection_report.py``; seeds 1 and 2 give similar numbers):
+The same steps with no model (the per-entity Z-score fallback) and the
+same rows give the comparison.  SQLite only: the numbers do not depend on
+the database; ``test_scan.py`` and ``test_incidents.py`` cover both.
 
-* global anomalies are 2-4x the metric's largest normal value, so both
-  paths should find every one: the model must find at least as many as the
-  Z-score (measured: 48/48, 48/48, 61/61 for both);
-* contextual anomalies lie between the metric's 5th and 95th percentiles,
-  where a metric-wide robust Z-score rarely passes 3.5: the Z-score finds
-  almost none (measured recall 0.00 / 0.08 / 0.11).  The model compares each
-  value with its own entity's history and must find *clearly more*: recall
-  at least 0.40 above the Z-score's and at least 0.60 (measured 0.94 / 0.94 /
-  0.66 for dolum_sure / stok_seviye / tuketim_miktar; Poisson counts of
-  small rooms make tuketim_miktar the hardest);
-* precision over all alerts at least 0.80 and above the Z-score's
-  (measured 0.97 / 0.97 / 0.89 against 0.70 / 0.12 / 0.18): the model path
-  must not buy its recall with noise.
+Bounds (measured with this seed at the time of writing, see the README's
+"Detection" section for the full walk-forward numbers, which retrain daily):
+the model path must find at least half of the events, its incidents must be
+right at least half the time, and it must find more events with fewer false
+incidents than the per-entity Z-score (measured: 4 of 6 events, 2 of 6
+incidents false; the Z-score 0 of 6, 6 of 7 false).
 """
 from __future__ import annotations
 
-from collections import Counter
+from datetime import datetime, timedelta, timezone
 
 import pytest
+from sqlalchemy import func, select
 
 from tests import dbutil
-from tests.pipeline_helpers import observations
 from utils.extensions import db
-from utils.ml.pipeline.demo_data import generate_demo_data
+from utils.ml.evaluation.simulator import HotelConfig, simulate
+from utils.ml.incidents.models import MLIncident
 from utils.ml.model_manager import get_model_manager
-from utils.ml.model_trainer import train_models
+from utils.ml.model_trainer import ModelTrainer
+from utils.ml.pipeline.realistic_demo import generate_realistic_demo
 from utils.ml.pipeline.scan import run_scan
-from utils.models import MLAlert, MLModel, ScanWatermark
+from utils.models import MLAlert, MLMetric, MLModel, ScanWatermark
+
+HOTEL = {"rooms": 30, "products": 10, "attendants": 4, "meters": 4, "days": 75, "seed": 3}
+TRAIN_DAY, SCORED_DAYS = 61, 14
 
 
 @pytest.fixture
-def default_hotel_app(sqlite_template, tmp_path):
+def quality_app(sqlite_template, tmp_path):
     url = dbutil.copy_sqlite(sqlite_template, tmp_path / "quality.sqlite3")
     application = dbutil.make_app(url, tmp_path / "ml_models")
     yield application
     dbutil.dispose(application)
 
 
-def scan_outcome(kinds: dict[int, str]) -> dict[str, dict[str, int]]:
-    """Per metric type: alerts by label kind (normal = false alarm), and the methods used."""
-    out: dict[str, Counter] = {}
-    for alert in db.session.execute(db.select(MLAlert)).scalars():
-        out.setdefault(alert.metric_type, Counter())[kinds[alert.observation_id]] += 1
-        out[alert.metric_type]["method:" + alert.method] += 1
-    return {k: dict(v) for k, v in out.items()}
+def _scan_from(split: datetime) -> None:
+    """Alerts and incidents cleared, watermarks at the last observation before ``split``, then one scan."""
+    db.session.execute(MLAlert.__table__.delete())
+    db.session.execute(MLIncident.__table__.delete())
+    db.session.execute(ScanWatermark.__table__.delete())
+    for metric_type, last in db.session.execute(
+            select(MLMetric.metric_type, func.max(MLMetric.id)).where(MLMetric.timestamp < split)
+            .group_by(MLMetric.metric_type)).all():
+        db.session.add(ScanWatermark(metric_type=metric_type, last_observation_id=last))
+    db.session.commit()
+    get_model_manager().clear_cache()
+    run_scan()
 
 
-def test_model_path_beats_z_score_on_the_default_demo_hotel(default_hotel_app):
-    with default_hotel_app.app_context():
-        demo = generate_demo_data()  # the default hotel
-        kinds = {}
-        for metric_type in demo["by_metric_type"]:
-            kinds.update({o["id"]: o["kind"] for o in observations(metric_type)})
-        assert all(r["status"] == "trained" for r in train_models(actor="quality"))
-        run_scan()
-        with_model = scan_outcome(kinds)
+def _outcome(events: list, shift: float, split: float) -> dict[str, float]:
+    alerts = db.session.execute(select(MLAlert.metric_type, MLAlert.entity_id, MLMetric.timestamp, MLAlert.incident_id,
+                                       MLMetric.extra_data).join(MLMetric, MLMetric.id == MLAlert.observation_id)
+                                ).all()
+    times = [(a[0], a[1], a[2].replace(tzinfo=timezone.utc).timestamp()) for a in alerts]
+    scored = [e for e in events if e.end + shift >= split]
+    found = sum(any(m == e.metric_type and (ent if ent is not None else -1) == e.entity_id
+                    and e.start + shift <= t <= e.end + shift for m, ent, t in times) for e in scored)
+    true_incidents = {a[3] for a in alerts if (a[4] or {}).get("label") == "anomaly"}
+    incidents = db.session.execute(select(func.count()).select_from(MLIncident)).scalar_one()
+    return {"events": len(scored), "found": found, "incidents": incidents,
+            "false_incidents": incidents - len(true_incidents)}
 
-        # Same data, no model: the scan falls back to the Z-score.
-        db.session.execute(db.update(MLModel).values(is_active=False))
-        db.session.execute(MLAlert.__table__.delete())
-        db.session.execute(db.update(ScanWatermark).values(last_observation_id=0))
+
+def test_the_service_path_finds_events_with_few_false_incidents(quality_app):
+    with quality_app.app_context():
+        result = generate_realistic_demo(end=datetime.now(timezone.utc), **HOTEL)
+        start = datetime.fromisoformat(result["start"])
+        split = (start + timedelta(days=TRAIN_DAY)).replace(hour=0, minute=0, second=0)
+        trained = ModelTrainer(db, actor="quality").train_one
+        for metric_type in result["by_metric_type"]:
+            assert trained(metric_type, now=split)["status"] == "trained"
+        events = simulate(HotelConfig(**HOTEL)).events
+        _scan_from(split)
+        model = _outcome(events, result["shift_seconds"], split.timestamp())
+        assert db.session.execute(select(func.count()).select_from(MLAlert)
+                                  .where(MLAlert.method != "isolation_forest_file")).scalar_one() == 0
+
+        db.session.execute(MLModel.__table__.update().values(is_active=False))
         db.session.commit()
-        get_model_manager().clear_cache()
-        run_scan()
-        z_only = scan_outcome(kinds)
+        _scan_from(split)
+        zscore = _outcome(events, result["shift_seconds"], split.timestamp())
 
-    report = {}
-    for metric_type, counts in demo["by_metric_type"].items():
-        model, z = with_model[metric_type], z_only[metric_type]
-        assert model.get("method:isolation_forest_file") == sum(v for k, v in model.items() if ":" not in k)
-        assert z.get("method:z_score") == sum(v for k, v in z.items() if ":" not in k)
-        n_global, n_ctx = counts["global"], counts["contextual"]
-        m_global, z_global = model.get("global", 0), z.get("global", 0)
-        m_ctx, z_ctx = model.get("contextual", 0), z.get("contextual", 0)
-        m_precision = (m_global + m_ctx) / (m_global + m_ctx + model.get("normal", 0))
-        z_precision = (z_global + z_ctx) / max(1, z_global + z_ctx + z.get("normal", 0))
-        report[metric_type] = (m_global, z_global, n_global, m_ctx / n_ctx, z_ctx / n_ctx, m_precision, z_precision)
-
-        assert m_global >= z_global, report
-        assert m_global == n_global, report
-        assert m_ctx / n_ctx >= 0.60, report
-        assert m_ctx / n_ctx >= z_ctx / n_ctx + 0.40, report
-        assert m_precision >= 0.80 and m_precision > z_precision, report
+    report = {"model": model, "per_entity_z": zscore}
+    assert model["events"] >= 3, report
+    assert model["found"] / model["events"] >= 0.5, report
+    assert model["false_incidents"] <= 0.5 * max(model["incidents"], 1), report
+    assert model["false_incidents"] < zscore["false_incidents"] and model["found"] > zscore["found"], report

@@ -41,7 +41,7 @@ def test_ticks_are_aligned_to_the_interval():
 
 
 def test_registry_names_the_three_jobs_and_their_interval_settings(app):
-    assert set(JOBS) == {"anomaly_scan", "train_models", "cleanup_models"}
+    assert set(JOBS) == {"anomaly_scan", "train_models", "cleanup_models", "drift_check", "notify_deliver"}
     for job in JOBS.values():
         assert app.config[job.interval_setting] >= 1
 
@@ -73,7 +73,7 @@ def test_an_on_demand_run_says_whether_the_cli_or_the_api_started_it(app_ctx):
     from utils.ml.validation import InvalidInput
 
     for trigger in ("manual", "schedule", None):
-        with pytest.raises(InvalidInput, match=r"^trigger: must be cli or api"):
+        with pytest.raises(InvalidInput, match=r"^trigger: must be one of cli, api, drift"):
             run_job_now("cleanup_models", actor="tester", trigger=trigger)
     assert _runs() == []
     run_job_now("cleanup_models", actor="cli", trigger="cli")
@@ -81,7 +81,9 @@ def test_an_on_demand_run_says_whether_the_cli_or_the_api_started_it(app_ctx):
 
 
 def test_unknown_job_is_refused_naming_the_field(app_ctx):
-    with pytest.raises(UnknownJobError, match=r"^job: must be one of anomaly_scan, cleanup_models, train_models"):
+    with pytest.raises(UnknownJobError,
+                       match=r"^job: must be one of anomaly_scan, cleanup_models, drift_check, notify_deliver, "
+                             r"train_models"):
         run_job_now("retrain_everything", actor="tester", trigger="api")
     assert _runs() == []
 

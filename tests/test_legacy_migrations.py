@@ -27,22 +27,6 @@ REVISIONS = [r.revision for r in reversed(list(ScriptDirectory(str(ROOT / "migra
 HEAD = REVISIONS[-1]
 
 
-@pytest.fixture(scope="session")
-def legacy_templates(pg_available, tmp_path_factory):
-    """state -> (template database, what it holds); each built on first use."""
-    built: dict[str, tuple[str, schema.LegacyState]] = {}
-
-    def get(state: str) -> tuple[str, schema.LegacyState]:
-        if state not in built:
-            name = dbutil.create_pg_database(prefix=f"mllegacy{state.lower()}")
-            built[state] = (name, schema.build(dbutil.pg_url(name), state, tmp_path_factory.mktemp(f"volume_{state}")))
-        return built[state]
-
-    yield get
-    for name, _ in built.values():
-        dbutil.drop_pg_database(name)
-
-
 @pytest.fixture(params=schema.STATES)
 def legacy(request, legacy_templates, tmp_path):
     """A fresh copy of one state: (url, HotelApp, models dir of this service)."""
@@ -229,7 +213,7 @@ def test_the_container_entrypoint_starts_on_every_state(legacy_templates, tmp_pa
             name = dbutil.create_pg_database(template=template)
             url, models_dir, log = dbutil.pg_url(name), tmp_path / f"models_{state}", tmp_path / f"{state}.log"
             models_dir.mkdir()
-            env = base_env(tmp_path, DATABASE_URL=url, ML_MODELS_DIR=str(models_dir), ML_ADMIN_TOKEN="t",
+            env = base_env(tmp_path, DATABASE_URL=url, ML_MODELS_DIR=str(models_dir), ML_ADMIN_TOKEN="t" * 24,
                            SECRET_KEY="s", ML_LOG_FORMAT="text", MIGRATE_ATTEMPTS="1", DB_WAIT_TIMEOUT="20")
             proc = start(["bash", str(ROOT / "docker" / "entrypoint.sh"), "flask", "db", "current"], env, log)
             runs.append((name, proc, log, HotelApp(url, built)))

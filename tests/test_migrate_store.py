@@ -192,7 +192,7 @@ def test_a_copy_cut_short_by_a_killed_s3_server_is_finished_by_running_it_again(
             expected = save_models(app, 6, payload=big)
         finally:
             dbutil.dispose(app)
-        env = base_env(tmp_path, DATABASE_URL=database_url, ML_MODELS_DIR=str(models_dir), ML_ADMIN_TOKEN="t",
+        env = base_env(tmp_path, DATABASE_URL=database_url, ML_MODELS_DIR=str(models_dir), ML_ADMIN_TOKEN="t" * 24,
                        FLASK_APP="app:app", PYTHONPATH=str(ROOT), **srv.env())
         command = [str(Path(sys.executable).parent / "flask"), "ml", "migrate-store", "--to", f"s3://{name}/models"]
         objects_dir = srv.data_dir / name / "models"

@@ -32,7 +32,8 @@ from utils.migration_lock import VERSION_TABLE
 from utils.ml.model_manager import get_model_manager
 
 TABLES = {"ml_models", "ml_metrics", "ml_alerts", "ml_scan_watermarks", "ml_model_activations", "ml_job_runs",
-          "ml_scheduler_leases", "ml_migration_ledger", "ml_notifications"}
+          "ml_scheduler_leases", "ml_migration_ledger", "ml_notifications", "ml_auth_failures",
+          "ml_revoked_sessions", "ml_incidents", "ml_gate_decisions", "ml_model_pins", "ml_drift_reports"}
 
 
 def _tables(url: str) -> set[str]:

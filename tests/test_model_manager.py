@@ -278,7 +278,8 @@ def test_cleanup_keeps_the_newest_n_per_type_and_always_the_active_one(mm, model
     mm.activate_model(stok[0].id, actor="test", reason="the oldest is the good one")
     keys = {r.id: r.model_path for r in stok + tuketim}
     doomed = [stok[1].id, stok[2].id]
-    doomed_bytes = sum((models_dir / keys[i]).stat().st_size for i in doomed)
+    # Freed space is what the disk gets back: allocated blocks, not apparent sizes.
+    doomed_bytes = sum((models_dir / keys[i]).stat().st_blocks * 512 for i in doomed)
 
     result = mm.cleanup_old_models(keep_versions=2)
 
@@ -305,11 +306,13 @@ def test_cleanup_removes_old_orphans_and_temp_files_and_leaves_young_ones(app_ct
     (models_dir / ".tmp-young.part").write_bytes(b"young")
     (models_dir / "README.md").write_text("not a model")
     os.utime(models_dir / "README.md", (old, old))
+    allocated = sum((models_dir / name).stat().st_blocks * 512
+                    for name in ("isolation_forest_stok_seviye_20200101_000000_000000abcd.pkl", ".tmp-dead.part"))
 
     result = manager.cleanup_old_models(keep_versions=3)
 
     assert (result["orphans_deleted"], result["temp_files_deleted"], result["deleted_count"]) == (1, 1, 0)
-    assert result["freed_space_mb"] == round(2000 / (1024 * 1024), 3)
+    assert result["freed_space_mb"] == round(allocated / (1024 * 1024), 3)
     assert sorted(p.name for p in models_dir.iterdir() if not p.name.startswith(".active")) == sorted([
         ".tmp-young.part", "README.md", kept.model_path,
         "isolation_forest_stok_seviye_20990101_000000_000000abcd.pkl",
@@ -338,3 +341,21 @@ def test_purge_blobs_drops_only_blobs_whose_file_verifies(mm, models_dir):
     assert blobs == {ids[0]: True, ids[1]: False}
     # The damaged file's model still has its fallback.
     assert mm.load_model_from_database("isolation_forest", "stok_seviye").source == "database"
+
+
+def test_cleanup_counts_only_files_it_deleted_and_the_blocks_it_freed(mm, models_dir):
+    rows = [mm.save_model(make_model(i), "isolation_forest", "stok_seviye") for i in range(4)]
+    # The oldest version's file is already gone (deleted by hand); the next is a 20 GB sparse file.
+    (models_dir / rows[0].model_path).unlink()
+    sparse = models_dir / rows[1].model_path
+    with open(sparse, "r+b") as handle:
+        handle.truncate(20 * 1024 ** 3)
+    assert sparse.stat().st_size == 20 * 1024 ** 3 and sparse.stat().st_blocks * 512 < 1024 ** 2
+    allocated = sparse.stat().st_blocks * 512
+
+    result = mm.cleanup_old_models(keep_versions=2)
+
+    assert result["deleted_count"] == 2  # both rows go
+    assert result["files_deleted"] == 1  # but only one file was there to delete
+    assert result["freed_space_mb"] == round(allocated / (1024 * 1024), 3)  # not 20480 MB
+    assert result["freed_space_mb"] < 1

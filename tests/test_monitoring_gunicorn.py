@@ -22,6 +22,7 @@ import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from tests.promutil import Samples, matching, parse, value
 from tests.procutil import VENV_BIN, base_env, free_port, start, stop_group, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
-TOKEN = "gunicorn-metrics-token"
+TOKEN = "gunicorn-metrics-token-0123456789"
 METRIC_TYPES = ("stok_seviye", "tuketim_miktar", "dolum_sure")
 UNTRAINED = "minibar_new"
 # Series that legitimately change between two scrapes a moment apart.
@@ -140,10 +141,24 @@ def served(pg_available, tmp_path_factory):
     served = Served(f"http://127.0.0.1:{port}", proc, log, cli_log, prom_dir, models_dir)
     try:
         wait_until(lambda: len(served.workers()) == 2 and _ready(served.base), 60, "gunicorn ready", [proc], [log])
-        for _ in range(3):
+        for round_ in range(3):
+            if round_:
+                # A new observation of each type: the same data would make no new version.
+                stamp = (datetime.now(timezone.utc) - timedelta(seconds=5)).isoformat()
+                added = served.post("/api/ml/metrics", {"observations": [
+                    {"metric_type": name, "entity_id": 1, "metric_value": 5.0 + round_, "timestamp": stamp}
+                    for name in ("stok_seviye", "tuketim_miktar", "dolum_sure")]})
+                assert added.status_code == 201, added.text
             response = served.post("/api/ml/train")
             served.job_statuses.append(("train_models", response.status_code))
             assert response.status_code == 200, response.text
+        # New readings far above anything products 1-2 ever had: the causal detector judges new data.
+        from datetime import datetime, timedelta, timezone
+
+        soon = datetime.now(timezone.utc) + timedelta(hours=1)
+        wild = [{"metric_type": "stok_seviye", "entity_id": e, "metric_value": 1.0e7,
+                 "timestamp": (soon + timedelta(minutes=e)).isoformat()} for e in (1, 2)]
+        assert served.post("/api/ml/metrics", {"observations": wild}).status_code == 201
         response = served.post("/api/ml/scan")
         served.job_statuses.append(("anomaly_scan", response.status_code))
         assert response.status_code == 200 and response.json()["result"]["alerts"] > 0, response.text
@@ -208,7 +223,9 @@ def test_every_series_is_present_after_real_activity(served):
     assert value(samples, "ml_model_load_seconds_count", source="file") >= 1
     assert value(samples, "ml_model_load_seconds_count", source="cache") >= 1
     assert value(samples, "ml_model_load_seconds_count", source="database") == 0
-    fallbacks = matching(samples, "ml_model_fallbacks_total", metric_type=UNTRAINED, reason="no_active_model")
+    # A metric type the service knows no model of is labelled "other" (bounded label values, issue 12).
+    assert not matching(samples, "ml_model_fallbacks_total", metric_type=UNTRAINED)
+    fallbacks = matching(samples, "ml_model_fallbacks_total", metric_type="other", reason="no_active_model")
     assert sum(fallbacks.values()) >= 2 * served.detect_sources.get("none", 0) > 0
     for job, status, runs in (("train_models", "success", 3), ("anomaly_scan", "success", 1),
                               ("cleanup_models", "failed", 1), ("cleanup_models", "success", 1)):

@@ -26,7 +26,7 @@ GOOD = {"ML_NOTIFY_WEBHOOK_URL": "https://hooks.example/ml", "ML_NOTIFY_WEBHOOK_
 
 def test_defaults_and_typed_values():
     values = settings.load({})
-    assert set(values) == {s.name for s in settings.SETTINGS}
+    assert set(values) == {s.env for s in settings.SETTINGS}
     assert settings.channels(values) == ()
     assert (values["ML_NOTIFY_MIN_SEVERITY"], values["ML_NOTIFY_RATE_PER_HOUR"]) == ("high", 30)
     values = settings.load(dict(GOOD, ML_NOTIFY_SMTP_STARTTLS="no", ML_NOTIFY_SMTP_PORT="2525",
@@ -36,7 +36,7 @@ def test_defaults_and_typed_values():
     assert (values["ML_NOTIFY_SMTP_STARTTLS"], values["ML_NOTIFY_SMTP_PORT"]) == (False, 2525)
     assert values["ML_NOTIFY_LEASE_SECONDS"] == 120.0  # blank = unset
     table = settings.markdown_table()
-    assert all(f"| `{s.name}` |" in table for s in settings.SETTINGS)
+    assert all(f"| `{s.env}` |" in table for s in settings.SETTINGS)
 
 
 @pytest.mark.parametrize("environ, message", [
@@ -128,13 +128,18 @@ def test_downgrading_past_the_outbox_drops_only_its_table(app_ctx):
     config = app_ctx.extensions["migrate"].migrate.get_config()
     before = ScriptDirectory.from_config(config).get_revision("0007_notification_outbox").down_revision
     inspector = lambda: set(sa.inspect(db.engine).get_table_names())  # noqa: E731
+    head = inspector()
+    db.session.remove()
+    downgrade(revision="0007_notification_outbox")  # later revisions' tables go first
     tables = inspector()
     assert "ml_notifications" in tables
-    db.session.remove()
     downgrade(revision=before)
-    assert inspector() == tables - {"ml_notifications"}
+    # The revisions after the outbox (0009-0012) go first, with their own tables.
+    later = {"ml_incidents", "ml_auth_failures", "ml_revoked_sessions", "ml_gate_decisions", "ml_model_pins",
+             "ml_drift_reports"}
+    assert inspector() == tables - {"ml_notifications"} - later
     upgrade()
-    assert inspector() == tables
+    assert inspector() == head
 
 
 def test_enqueue_without_a_channel_records_nothing(make_notify_app, app):

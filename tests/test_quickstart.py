@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 import requests
+from flask import Flask
+from flask.sessions import SecureCookieSessionInterface
 
 from tests.procutil import ROOT, copy_tree, free_port
 
@@ -38,23 +40,10 @@ def test_quickstart_serves_a_trained_system(fresh_tree):
            if not k.startswith(("ML_", "DATABASE_URL", "GUNICORN_", "FLASK_", "PROMETHEUS_"))}
     env.update(PORT=str(port), GUNICORN_WORKERS="2")
     out_path = fresh_tree.parent / "quickstart.out"
-    with out_path.open("wb") as out:
-        process = subprocess.Popen(["bash", "scripts/quickstart.sh"], cwd=fresh_tree, env=env, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+    process = _start(fresh_tree, env, out_path)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 150
-        ready = None
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                ready = requests.get(f"{base}/ready", timeout=5)
-                if ready.status_code == 200:
-                    break
-            except requests.RequestException:  # not listening yet, or workers still booting
-                pass
-            time.sleep(0.5)
-        output = out_path.read_text(errors="replace")
-        assert ready is not None and ready.status_code == 200, output[-3000:]
+        output = _wait_ready(process, base, out_path)
         assert requests.get(f"{base}/health", timeout=5).json() == {"status": "ok"}
 
         # The token it generated is saved under instance/ and printed, and it works.
@@ -98,17 +87,66 @@ def test_quickstart_serves_a_trained_system(fresh_tree):
         signed_in = browser.post(f"{base}/ml/dashboard/login", timeout=10, allow_redirects=False,
                                  data={"csrf_token": CSRF.search(login).group(1), "token": token})
         assert signed_in.status_code == 302
+        # The cookie is signed with the generated SECRET_KEY kept in instance/ (this user only), never the token.
+        key_file = fresh_tree / "instance" / "secret_key"
+        key = key_file.read_text().strip()
+        assert len(key) == 64 and key != token and key_file.stat().st_mode & 0o077 == 0
+        signer = SecureCookieSessionInterface().get_signing_serializer(Flask("quickstart-test"))
+        assert signer is None  # no key, no serializer: the check below really uses the file's key
+        keyed = Flask("quickstart-test")
+        keyed.secret_key = key
+        serializer = SecureCookieSessionInterface().get_signing_serializer(keyed)
+        assert "ml_sid" in serializer.loads(browser.cookies["session"])
         page = browser.get(f"{base}/ml/dashboard", timeout=10).text
         panel = page[page.index('id="jobs"'):]
         assert "No job has run yet" not in panel
         for job in ("train_models", "anomaly_scan"):
             assert re.search(rf"<td>{job}</td><td><span class=\"status status-success\">success</span></td>\s*"
                              r"<td>cli</td>", panel), job
+
+        # Restarting the quick start adds nothing: the same data and settings make no new version.
+        _stop(process)
+        process = _start(fresh_tree, env, out_path)
+        _wait_ready(process, base, out_path)
+        with sqlite3.connect(database) as conn:
+            versions = conn.execute("SELECT count(*) FROM ml_models").fetchone()[0]
+            decisions = conn.execute("SELECT count(*) FROM ml_gate_decisions").fetchone()[0]
+            last_train = conn.execute("SELECT details FROM ml_job_runs WHERE job_name = 'train_models' "
+                                      "ORDER BY id DESC LIMIT 1").fetchone()[0]
+        assert versions == 3 and decisions == 3
+        assert [r["status"] for r in json.loads(last_train)["result"]] == ["unchanged"] * 3
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
+        _stop(process)
+
+
+def _start(tree: Path, env: dict[str, str], out_path: Path) -> subprocess.Popen:
+    with out_path.open("wb") as out:
+        return subprocess.Popen(["bash", "scripts/quickstart.sh"], cwd=tree, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_ready(process: subprocess.Popen, base: str, out_path: Path) -> str:
+    """Wait until ``/ready`` answers 200; return the script's output so far."""
+    deadline = time.monotonic() + 150
+    ready = None
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            ready = requests.get(f"{base}/ready", timeout=5)
+            if ready.status_code == 200:
+                break
+        except requests.RequestException:  # not listening yet, or workers still booting
+            pass
+        time.sleep(0.5)
+    output = out_path.read_text(errors="replace")
+    assert ready is not None and ready.status_code == 200, output[-3000:]
+    return output
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from tests.pipeline_helpers import count, fallback_warnings, small_hotel
+from tests.pipeline_helpers import count, fallback_warnings, fresh_spikes, small_hotel
 from utils.extensions import db
 from utils.ml.anomaly_detector import AnomalyDetector
 from utils.ml.model_manager import get_model_manager
@@ -29,31 +29,36 @@ def alerts_by_observation() -> dict[int, MLAlert]:
 def test_end_to_end_demo_train_scan_alerts(app_ctx):
     demo = small_hotel()
     models = {r["metric_type"]: r["model_id"] for r in train_models(actor="test")}
+    spikes = fresh_spikes()
     summary = run_scan()
     assert set(summary["metric_types"]) == DEMO_TYPES
-    assert summary["scanned"] == demo["observations"]
+    assert summary["scanned"] == demo["observations"] + len(spikes)
     assert summary["alerts"] == count(MLAlert) > 0
 
     detector = AnomalyDetector(db)
     alerts = alerts_by_observation()
     for metric_type, part in summary["metric_types"].items():
-        assert part["scanned"] == demo["by_metric_type"][metric_type]["observations"]
+        assert part["scanned"] == demo["by_metric_type"][metric_type]["observations"] + 4
         assert part["method"] == "isolation_forest_file" and part["model_id"] == models[metric_type]
         assert part["fallback_reasons"] == [] and part["load_ms"] > 0
         # Every anomaly the model finds has exactly one alert, and nothing else has one.
         rows = db.session.execute(
-            db.select(MLMetric.id, MLMetric.entity_id, MLMetric.metric_value)
+            db.select(MLMetric.id, MLMetric.entity_id, MLMetric.metric_value, MLMetric.timestamp)
             .where(MLMetric.metric_type == metric_type).order_by(MLMetric.id)
         ).all()
         verdict = detector.detect_with_model(metric_type, [r._mapping for r in rows])
         flagged = {r["observation_id"] for r in verdict.results if r["is_anomaly"]}
         mine = {oid for oid, a in alerts.items() if a.metric_type == metric_type}
         assert mine == flagged and part["alerts"] == len(flagged)
+        # The fresh spikes (10^4 x the entity's largest reading) alert, as new incidents.
+        spiked = {r.id for r in rows[-4:]}
+        assert spiked & mine and part["incidents_opened"] >= 1
         for oid in mine:
             alert = alerts[oid]
             assert alert.method == "isolation_forest_file" and alert.model_id == models[metric_type]
             assert alert.severity in {"low", "medium", "high", "critical"}
-            assert alert.anomaly_score is not None and alert.anomaly_score > verdict.threshold
+            row = next(r for r in verdict.results if r["observation_id"] == oid)
+            assert alert.anomaly_score == pytest.approx(row["score"]) and alert.incident_id is not None
             assert not alert.is_read and not alert.is_false_positive
         watermark = db.session.get(ScanWatermark, metric_type).last_observation_id
         assert watermark == rows[-1].id
@@ -74,6 +79,7 @@ def test_end_to_end_demo_train_scan_alerts(app_ctx):
 def test_second_scan_adds_nothing_and_new_observations_are_scanned_once(app_ctx):
     small_hotel()
     train_models(actor="test")
+    fresh_spikes(("tuketim_miktar", "dolum_sure"))
     first = run_scan()
     alerts_before = count(MLAlert)
     second = run_scan()
@@ -81,7 +87,7 @@ def test_second_scan_adds_nothing_and_new_observations_are_scanned_once(app_ctx)
     assert count(MLAlert) == alerts_before
 
     ingest_observations([
-        {"metric_type": "stok_seviye", "entity_id": 1, "metric_value": 99999.0,
+        {"metric_type": "stok_seviye", "entity_id": 1, "metric_value": 1.0e7,
          "timestamp": datetime.now(timezone.utc).isoformat()},
         {"metric_type": "stok_seviye", "entity_id": 2, "metric_value": 50.0,
          "timestamp": datetime.now(timezone.utc).isoformat()},
@@ -89,8 +95,8 @@ def test_second_scan_adds_nothing_and_new_observations_are_scanned_once(app_ctx)
     third = run_scan()
     assert third["scanned"] == 2 and set(third["metric_types"]) == {"stok_seviye"}
     assert third["alerts"] >= 1
-    new_alert = db.session.execute(db.select(MLAlert).where(MLAlert.metric_value == 99999.0)).scalar_one()
-    assert new_alert.severity == "critical"
+    new_alert = db.session.execute(db.select(MLAlert).where(MLAlert.metric_value == 1.0e7)).scalar_one()
+    assert new_alert.severity in {"low", "medium", "high", "critical"} and new_alert.incident_id is not None
     assert count(MLAlert) == alerts_before + third["alerts"]
     assert first["alerts"] == alerts_before
 
@@ -98,6 +104,7 @@ def test_second_scan_adds_nothing_and_new_observations_are_scanned_once(app_ctx)
 def test_unique_constraint_not_a_check_stops_duplicates(app_ctx):
     small_hotel()
     train_models(actor="test")
+    fresh_spikes(("stok_seviye",))
     first = run_scan("stok_seviye")
     total = count(MLAlert)
     assert first["metric_types"]["stok_seviye"]["alerts"] == total > 0
@@ -126,6 +133,7 @@ def test_unique_constraint_not_a_check_stops_duplicates(app_ctx):
 def test_small_batches_give_the_same_alerts(app_ctx):
     small_hotel()
     train_models("tuketim_miktar", actor="test")
+    fresh_spikes(("tuketim_miktar",), entities=5)
     app_ctx.config["ML_SCAN_BATCH_SIZE"] = 100
     part = run_scan("tuketim_miktar")["metric_types"]["tuketim_miktar"]
     assert part["batches"] == -(-part["scanned"] // 100) > 5
@@ -143,6 +151,7 @@ def test_concurrent_scans_never_double_alert(app):
     with app.app_context():
         small_hotel()
         train_models(actor="test")
+        fresh_spikes()
     results, errors = [], []
 
     def scan():
@@ -174,6 +183,7 @@ def test_scan_falls_back_and_records_why(app_ctx, caplog):
     row = db.session.get(MLModel, trained["model_id"])
     Path(manager.store.locate(row.model_path)).unlink()
     manager.clear_cache()  # as a freshly started worker
+    fresh_spikes(("dolum_sure",))
 
     part = run_scan("dolum_sure")["metric_types"]["dolum_sure"]
     assert part["method"] == "z_score" and part["model_id"] is None and part["source"] == "none"

@@ -5,6 +5,7 @@ transaction); everything runs against a real migrated database, small data.
 """
 from __future__ import annotations
 
+import struct
 import threading
 import time
 
@@ -14,12 +15,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from tests import dbutil
-from tests.pipeline_helpers import small_hotel
+from tests.pipeline_helpers import fresh_spikes, small_hotel
 from utils.extensions import db
 from utils.ml.model_trainer import train_models
-from utils.ml.pipeline.batch import BatchReader, ObservationBatch, ReadStopped, decode_copy
+from utils.ml.pipeline.batch import BatchReader, ObservationBatch, ReadStopped, decode_packed
 from utils.ml.pipeline.scan import run_scan
-from utils.ml.validation import InvalidInput
 from utils.models import MLAlert
 
 PAGE = 50
@@ -112,6 +112,7 @@ def test_the_reader_restarts_where_the_watermark_is(pg_app_ctx):
 def test_whole_scans_read_ahead_and_in_turn_raise_the_same_alerts(pg_app_ctx):
     small_hotel()
     train_models()
+    fresh_spikes()  # the causal detector judges new data: a few readings it must flag
 
     def alerts() -> dict[int, tuple[float, str]]:
         rows = db.session.execute(sa.select(MLAlert.observation_id, MLAlert.anomaly_score, MLAlert.severity)).all()
@@ -131,21 +132,22 @@ def test_whole_scans_read_ahead_and_in_turn_raise_the_same_alerts(pg_app_ctx):
     assert _reader_threads() == []
 
 
-def test_an_error_on_the_reader_thread_is_raised_where_its_page_was_wanted(pg_app_ctx):
+def test_an_unusable_row_is_dropped_and_counted_in_its_own_page(pg_app_ctx):
     _insert("stok_seviye", 200)
     bad = db.session.execute(sa.text(
         "UPDATE ml_metrics SET metric_value = 'NaN' WHERE id = (SELECT id FROM ml_metrics "
         "WHERE metric_type = 'stok_seviye' ORDER BY id OFFSET 120 LIMIT 1) RETURNING id")).scalar()
     db.session.commit()
     upper = _upper("stok_seviye")
-    for read_ahead in (0, 2):  # the same error at the same page either way
+    for read_ahead in (0, 2):  # the same page either way
         with BatchReader("stok_seviye", upper, PAGE, read_ahead=read_ahead) as reader:
             page1 = reader.fetch(0)
-            page2 = reader.fetch(int(page1.observation_ids[-1]))
-            assert int(page2.observation_ids[-1]) < bad
-            with pytest.raises(InvalidInput) as raised:
-                reader.fetch(int(page2.observation_ids[-1]))
-            assert raised.value.field == "values[20]"
+            page2 = reader.fetch(page1.last_read_id)
+            assert page1.dropped == page2.dropped == 0 and page2.last_read_id < bad
+            page3 = reader.fetch(page2.last_read_id)
+            # The NaN row is not scored, is counted, and the page still ends past it.
+            assert page3.dropped == 1 and bad not in set(page3.observation_ids.tolist())
+            assert len(page3) == PAGE - 1 and page3.last_read_id > bad
     assert _reader_threads() == []
 
 
@@ -237,10 +239,12 @@ def _sqlite_pages() -> None:
     assert _reader_threads() == []
 
 
-def test_decode_copy_refuses_what_is_not_its_layout():
-    with pytest.raises(ValueError, match="signature"):
-        decode_copy(b"not a copy stream at all")
-    header = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
+def test_decode_packed_refuses_what_is_not_its_layout():
     with pytest.raises(ValueError, match="whole rows"):
-        decode_copy(header + b"\x00\x03" + b"\xff\xff")
-    assert len(decode_copy(header + b"\xff\xff")) == 0
+        decode_packed(b"not 32-byte rows")
+    assert len(decode_packed(None)) == 0 and decode_packed(None).last_read_id is None
+    row = (7).to_bytes(8, "big") + struct.pack(">ddd", float("nan"), 2.5, 1.7e9)
+    page = decode_packed(row + (9).to_bytes(8, "big") + struct.pack(">ddd", 1.0, float("nan"), 1.7e9))
+    # The second row's value is unusable: dropped and counted, yet the page reached id 9.
+    assert list(page.observation_ids) == [7] and page.dropped == 1 and page.last_read_id == 9
+    assert np.isnan(page.entity_ids[0]) and page.values[0] == 2.5 and page.timestamps[0] == 1.7e9

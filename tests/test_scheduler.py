@@ -53,7 +53,7 @@ def scheduler_env(tmp_path: Path, url: str, heartbeat: str, lease: str, **extra:
     models.mkdir(exist_ok=True)
     settings = dict(DATABASE_URL=url, ML_MODELS_DIR=str(models), ML_SCHEDULER_ENABLED="true", ML_ENABLED="true",
                     ML_SCHEDULER_HEARTBEAT_SECONDS=heartbeat, ML_SCHEDULER_LEASE_SECONDS=lease,
-                    ML_ADMIN_TOKEN="test-admin-token", SECRET_KEY="test-secret", **ONE_SECOND)
+                    ML_ADMIN_TOKEN="test-admin-token-0123456789", SECRET_KEY="test-secret", **ONE_SECOND)
     settings.update(extra)
     return base_env(tmp_path, **settings)
 

@@ -27,7 +27,7 @@ BAD_VALUES = [
     ("ML_ENABLED", "maybe", "config error: ML_ENABLED='maybe': expected true or false"),
     ("ML_MAX_MODEL_MB", "ten", "config error: ML_MAX_MODEL_MB='ten': expected a number"),
     ("ML_MAX_MODEL_MB", "nan", "config error: ML_MAX_MODEL_MB='nan': expected a finite number"),
-    ("ML_CONTAMINATION", "0.9", "config error: ML_CONTAMINATION='0.9': must be at most 0.5"),
+    ("ML_CONTAMINATION", "0.9", "config error: ML_CONTAMINATION='0.9': must be at most 0.49"),
     ("ML_LOAD_RETRY_DELAYS", "1,two,4",
      "config error: ML_LOAD_RETRY_DELAYS='1,two,4': expected comma-separated numbers (expected a number)"),
     ("ML_DASHBOARD_SESSION_HOURS", "0", "config error: ML_DASHBOARD_SESSION_HOURS='0': must be at least 0.01"),
@@ -107,7 +107,7 @@ def test_outside_an_app_code_reads_the_tables_defaults():
     assert settings.current("ML_KEEP_VERSIONS") == 3
     trainer = ModelTrainer(db)
     assert (trainer.window_days, trainer.min_samples, trainer.contamination, trainer.n_estimators) == \
-        (60, 50, 0.02, 200)
+        (60, 50, 0.02, 100)
     manager = ModelManager(db, models_dir=str(ROOT / "ml_models"), create_directory=False)
     assert manager.max_bytes == 10 * 1024 * 1024 and manager.retry_delays == (1.0, 2.0, 4.0)
     assert (manager.cache_size, manager.cache_ttl, manager.compress) == (32, 30.0, False)
@@ -162,6 +162,22 @@ def _one_line_exit_2(done: subprocess.CompletedProcess, line: str) -> None:
 
 
 BAD = "config error: ML_KEEP_VERSIONS='abc': expected a whole number"
+# A 16-character token (the length the tests used before issue 12): one line, without the token.
+SHORT_TOKEN = "test-admin-token"
+SHORT = ("config error: ML_ADMIN_TOKEN='<16 characters>': must be at least 24 characters "
+         "(generate one with python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+
+
+def test_admin_tokens_need_24_characters_and_never_sign_the_cookie():
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"ML_ADMIN_TOKEN": "x" * 23})
+    assert SHORT_TOKEN not in caught.value.line and "x" * 23 not in caught.value.line
+    token = "y" * 24
+    values = load_settings({"ML_ADMIN_TOKEN": token})
+    assert values["ML_ADMIN_TOKEN"] == token
+    # SECRET_KEY never falls back to the token (a cookie would verify only under the real token).
+    assert values["SECRET_KEY"] != token and len(values["SECRET_KEY"]) == 64
+    assert load_settings({"ML_ADMIN_TOKEN": token, "SECRET_KEY": "k"})["SECRET_KEY"] == "k"
 
 
 @pytest.mark.parametrize("command", [
@@ -181,18 +197,21 @@ def test_commands_stop_with_one_line_and_status_2(command, tmp_path):
 @pytest.mark.parametrize("name, raw, line", [
     ("ML_KEEP_VERSIONS", "abc", BAD),
     ("PORT", "abc", "config error: PORT='abc': expected a whole number"),
+    ("ML_ADMIN_TOKEN", SHORT_TOKEN, SHORT),
 ])
 def test_gunicorn_stops_at_master_start(name, raw, line, tmp_path):
     env = base_env(tmp_path, **{name: raw}, DATABASE_URL=dbutil.sqlite_url(tmp_path / "never.sqlite3"))
     done = subprocess.run([str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "app:app"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     _one_line_exit_2(done, line)
+    assert SHORT_TOKEN not in done.stdout + done.stderr
     assert not (tmp_path / "never.sqlite3").exists()
 
 
 @pytest.mark.parametrize("name, raw, line", [
     ("ML_KEEP_VERSIONS", "abc", BAD),
     ("PORT", "abc", "config error: PORT='abc': expected a whole number"),
+    ("ML_ADMIN_TOKEN", SHORT_TOKEN, SHORT),
 ])
 def test_the_quick_start_checks_settings_before_any_setup_work(name, raw, line, tmp_path):
     tree = copy_tree(ROOT, tmp_path / "minibar")

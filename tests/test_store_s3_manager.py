@@ -111,7 +111,7 @@ def test_the_model_detail_names_the_bucket_and_key_and_never_a_credential(s3app,
     with s3app.app_context():
         get_model_manager().save_model(make_model(1), "isolation_forest", "stok_seviye")
         row = db.session.query(MLModel).one()
-    response = client.get(f"/api/ml/models/{row.id}", headers={"Authorization": "Bearer test-admin-token"})
+    response = client.get(f"/api/ml/models/{row.id}", headers={"Authorization": "Bearer test-admin-token-0123456789"})
     assert response.status_code == 200, response.get_json()
     store = response.get_json()["storage_location"]["store"]
     assert store == {
@@ -193,7 +193,7 @@ def test_a_model_trained_by_one_process_is_used_by_another_within_one_cache_ttl(
     with app.app_context():
         small_hotel()
     dbutil.dispose(app)
-    common = dict(DATABASE_URL=database_url, ML_STORE_URL=f"s3://{bucket}/models", ML_ADMIN_TOKEN="t",
+    common = dict(DATABASE_URL=database_url, ML_STORE_URL=f"s3://{bucket}/models", ML_ADMIN_TOKEN="t" * 24,
                   ML_CACHE_TTL_SECONDS=str(ttl), ML_N_ESTIMATORS="20", ML_LOG_LEVEL="warning",
                   FLASK_APP="app:app", PYTHONPATH=str(ROOT), **server.env())
     trainer_dir, watcher_dir = tmp_path / "host-a", tmp_path / "host-b"
@@ -205,8 +205,12 @@ def test_a_model_trained_by_one_process_is_used_by_another_within_one_cache_ttl(
         assert _seen(watch_log)[0]["reason"] == "no_active_model"
         model_ids = []
         for version in (1, 2):
-            train = start([str(Path(sys.executable).parent / "flask"), "ml", "train", "--metric-type", METRIC],
-                          base_env(tmp_path, ML_MODELS_DIR=str(trainer_dir), **common), tmp_path / "train.log")
+            # Another setting each time (the same data and settings make no new version), activated
+            # whatever the promotion gate thinks of it.
+            train = start([str(Path(sys.executable).parent / "flask"), "ml", "train", "--metric-type", METRIC,
+                           "--promote", "always"],
+                          base_env(tmp_path, ML_MODELS_DIR=str(trainer_dir), **dict(common, ML_N_ESTIMATORS=str(
+                              19 + version))), tmp_path / "train.log")
             assert train.wait(timeout=120) == 0, (tmp_path / "train.log").read_text()
             done = time.time()
             engine_app = dbutil.make_app(database_url, tmp_path / "unused")

@@ -1,16 +1,15 @@
-"""Training: per metric type, windowed, gated, honest metrics, saved and activated as a Pipeline."""
+"""Training: per metric type, windowed, gated, honest metrics, saved and activated as the causal detector."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from sklearn.ensemble import IsolationForest
-from sklearn.pipeline import Pipeline
 
 from tests.pipeline_helpers import count, small_hotel, unlabelled_series
 from utils.extensions import db
 from utils.ml.pipeline.alerts import mark_false_positive
-from utils.ml.pipeline.features import EntityRelativeFeatures
+from utils.ml.detector.model import TrainedDetector
 from utils.ml.model_manager import get_model_manager
 from utils.ml.model_trainer import ModelTrainer, train_models
 from utils.ml.pipeline.observations import ingest_observations
@@ -35,22 +34,24 @@ def test_trains_one_active_pipeline_per_metric_type_with_labelled_metrics(app_ct
         assert evaluation["labelled"] <= evaluation["holdout_samples"] < r["samples"]
         assert row.accuracy == pytest.approx((evaluation["tp"] + evaluation["tn"]) / evaluation["labelled"])
         assert row.recall == pytest.approx(evaluation["tp"] / (evaluation["tp"] + evaluation["fn"]))
-        assert row.precision == pytest.approx(evaluation["tp"] / (evaluation["tp"] + evaluation["fp"]))
+        flagged = evaluation["tp"] + evaluation["fp"]
+        assert row.precision == (pytest.approx(evaluation["tp"] / flagged) if flagged else None)
         # ...and the result reports the very same numbers that were stored.
         assert (r["accuracy"], r["precision"], r["recall"]) == (row.accuracy, row.precision, row.recall)
         window = row.parameters["window"]
         assert window["days"] == 60 and window["samples"] == r["samples"]
-        assert row.parameters["features"] == ["entity_robust_z"]
-        assert row.parameters["iforest"]["contamination"] == 0.02
+        assert row.parameters["feature_version"] == 2 and row.parameters["detector"] == "causal_per_entity"
+        assert row.parameters["settings"]["contamination"] == 0.02
+        assert row.parameters["settings"]["false_alerts_per_entity_day"] == 0.002
         assert row.parameters["labels"]["anomaly"] > 0
 
-    # The saved file is the whole Pipeline, importable and usable after a reload.
+    # The saved file is the causal per-entity detector (feature version 2), usable after a reload.
     manager = get_model_manager()
     manager.clear_cache()
     outcome = manager.load_active("isolation_forest", "stok_seviye")
-    assert outcome.source == "file" and isinstance(outcome.model, Pipeline)
-    assert isinstance(outcome.model.steps[0][1], EntityRelativeFeatures)
-    assert isinstance(outcome.model.steps[-1][1], IsolationForest)
+    assert outcome.source == "file" and isinstance(outcome.model, TrainedDetector)
+    assert outcome.model.feature_version == 2 and isinstance(outcome.model.forest, IsolationForest)
+    assert outcome.model.stats.ids.size == 10  # one state per product
 
 
 def test_metrics_are_null_without_labels(app_ctx):
@@ -106,12 +107,13 @@ def test_internal_metric_types_are_never_trained(app_ctx):
 
 def test_false_positives_become_negative_labels_for_the_next_training(app_ctx):
     # Unlabelled data: the first model has no metrics at all.
-    ingest_observations(unlabelled_series("kat_sicaklik", 400, entities=4))
-    ingest_observations([  # a few very high readings, so the scan raises alerts in the newest part
+    ingest_observations(unlabelled_series("kat_sicaklik", 400, entities=4,
+                                          end=datetime.now(timezone.utc) - timedelta(hours=1)))
+    [first] = train_models("kat_sicaklik")
+    ingest_observations([  # after training, a few very high readings, so the scan raises alerts
         {"metric_type": "kat_sicaklik", "entity_id": 0, "metric_value": 95.0 + i,
          "timestamp": (datetime.now(timezone.utc) - timedelta(minutes=30 - i)).isoformat()} for i in range(5)
     ])
-    [first] = train_models("kat_sicaklik")
     assert db.session.get(MLModel, first["model_id"]).accuracy is None
     run_scan("kat_sicaklik")
     alerts = db.session.execute(db.select(MLAlert).order_by(MLAlert.id)).scalars().all()

@@ -149,6 +149,11 @@ class MLModel(db.Model):
     sklearn_version: Mapped[Optional[str]] = mapped_column(String(32), nullable=True)
     numpy_version: Mapped[Optional[str]] = mapped_column(String(32), nullable=True)
     python_version: Mapped[Optional[str]] = mapped_column(String(32), nullable=True)
+    # What the model takes as input (utils/ml/store/signature.py): detection uses only models
+    # whose input this service computes.  NULL: not recorded yet (inferred when loaded).
+    input_signature: Mapped[Optional[dict[str, Any]]] = mapped_column(JSONDoc, nullable=True)
+    # An adopted minibar-app file: the absolute path its row had (the file itself was copied to model_path).
+    legacy_path: Mapped[Optional[str]] = mapped_column(String(500), nullable=True)
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"<MLModel {self.id} {self.model_type}/{self.metric_type} active={self.is_active}>"
@@ -195,6 +200,7 @@ class MLAlert(db.Model):
         Index("idx_ml_alerts_severity_read", "severity", "is_read"),
         Index("idx_ml_alerts_created", "created_at"),
         Index("idx_ml_alerts_entity", "entity_id"),
+        Index("idx_ml_alerts_incident", "incident_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -232,6 +238,8 @@ class MLAlert(db.Model):
     )
     read_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), nullable=True)
     false_positive_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The incident this alert belongs to (ml_incidents.id; NULL for the hotel app's own alerts).
+    incident_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
 
 
 class ScanWatermark(db.Model):
@@ -309,3 +317,7 @@ class MigrationLedgerEntry(db.Model):
     revision: Mapped[str] = mapped_column(String(64), nullable=False)
     action: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+# Registered with the metadata here, so Alembic and every app see the table.
+from utils.ml.incidents.models import MLIncident  # noqa: E402,F401

@@ -25,7 +25,8 @@ from utils.ml.store import ModelManagerError, ModelStoreError
 from utils.ml.store.catalog import ActivationRefusedError
 from utils.settings import ConfigError
 
-COMMAND_MODULES = ("utils.cli.models", "utils.cli.pipeline", "utils.cli.scheduler", "utils.cli.stores")
+COMMAND_MODULES = ("utils.cli.models", "utils.cli.pipeline", "utils.cli.promotion", "utils.cli.scheduler",
+                   "utils.cli.stores", "utils.cli.evaluation")
 # Who the audit trail and ml_job_runs name for everything done from the command line.
 CLI_ACTOR = "cli"
 

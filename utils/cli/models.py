@@ -11,9 +11,12 @@ share their options, their output and their error handling.
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any, Callable, Optional
 
 import click
+import sklearn
+from sklearn.exceptions import InconsistentVersionWarning
 from flask import current_app
 
 from utils.cli import CLI_ACTOR, cell, dump_json, fail, format_table, ml_cli
@@ -22,12 +25,19 @@ from utils.extensions import db
 from utils.ml.jobs import TRIGGER_CLI, JobError, run_job_now
 from utils.ml.model_manager import ModelManager, get_model_manager
 from utils.ml.store import ModelStoreError, catalog
+from utils.ml.store.signature import compatible, explain
 
 _LIST_COLUMNS = (
     ("id", "id"), ("model_type", "model type"), ("metric_type", "metric type"), ("is_active", "active"),
     ("storage", "storage"), ("size_kb", "size KB"), ("accuracy", "accuracy"), ("created_at", "created (UTC)"),
-    ("storage_key", "file"),
+    ("storage_key", "file"), ("input", "input"), ("flags", "flags"),
 )
+
+
+def _flags(model: dict[str, Any]) -> str:
+    """``legacy`` (the minibar app's row) and ``incompatible`` (detection cannot compute its input)."""
+    return ", ".join(([] if not model.get("legacy") else ["legacy"])
+                     + ([] if model.get("compatible", True) else ["incompatible"]))
 
 
 def _manager(create_directory: bool = True) -> ModelManager:
@@ -54,7 +64,7 @@ def list_command(model_type: Optional[str], metric_type: Optional[str], active_o
     if not models:
         click.echo("No models.")
         return
-    for line in format_table(models, _LIST_COLUMNS):
+    for line in format_table([dict(m, flags=_flags(m)) for m in models], _LIST_COLUMNS):
         click.echo(line)
 
 
@@ -94,6 +104,11 @@ def cleanup_command(keep: Optional[int]) -> None:
     click.echo(f"🗑️  Deleted {result['deleted_count']} old versions (kept {keep} per type), "
                f"{result['orphans_deleted']} orphan and {result['temp_files_deleted']} temporary files; "
                f"freed {result['freed_space_mb']} MB")
+    if result.get("kept_legacy"):
+        click.echo(f"📜 Kept {result['kept_legacy']} old legacy versions (the minibar app's rows are never deleted)")
+    if result.get("kept_referenced"):
+        click.echo(f"🔗 Kept {len(result['kept_referenced'])} old versions the minibar app's ml_training_logs "
+                   f"reference (never deleted): {', '.join(map(str, result['kept_referenced']))}")
     disk = result.get("disk") or {}
     if disk:
         click.echo(f"💽 Disk: {disk['used_gb']} of {disk['total_gb']} GB used ({disk['percent']}%)")
@@ -114,24 +129,36 @@ def activate_command(model_id: int, reason: str) -> None:
 
     The activation the API and the dashboard use: the file is verified
     first, the audit trail records the version it replaces, and the version
-    that is already active stays so without a new audit row.
+    that is already active stays so without a new audit row.  The version is
+    pinned: training no longer changes the type until `flask ml unpin`.
     """
     result = catalog.activate(_manager(), model_id, actor=CLI_ACTOR, reason=reason)
+    pinned = f"; pinned (training will not replace it until: flask ml unpin --metric-type {result['metric_type']})"
     if not result["changed"]:
         click.echo(f"Model {model_id} already is the active version of {result['model_type']}/"
-                   f"{result['metric_type']}; nothing changed")
+                   f"{result['metric_type']}; nothing changed{pinned}")
         return
     previous = result["from_model_id"]
     click.echo(f"✅ Model {model_id} is now active for {result['model_type']}/{result['metric_type']}"
-               f" (previously {previous if previous is not None else 'none'})")
+               f" (previously {previous if previous is not None else 'none'}){pinned}")
 
 
 # ------------------------------------------------------------------ migrate
+def _input(m: dict[str, Any]) -> str:
+    sig = m.get("input_signature")
+    return f"; input: {explain(sig)}{'' if compatible(sig) else ', incompatible: detection falls back'}"
+
+
 _STATUS_LINES: dict[str, Callable[[dict[str, Any]], str]] = {
     "migrated": lambda m: f"✅ model {m['id']} {m['model_type']}/{m['metric_type']} -> {m['path']} "
-                          f"({m['size_bytes'] / 1024:.1f} KB{', BLOB purged' if m.get('blob_purged') else ''})",
+                          f"({m['size_bytes'] / 1024:.1f} KB{', BLOB purged' if m.get('blob_purged') else ''}"
+                          f"{_input(m)})",
     "would_migrate": lambda m: f"🔎 model {m['id']} {m['model_type']}/{m['metric_type']} would be migrated "
-                               f"({m['size_bytes'] / 1024:.1f} KB)",
+                               f"({m['size_bytes'] / 1024:.1f} KB{_input(m)})",
+    "adopted": lambda m: f"📥 model {m['id']} {m['model_type']}/{m['metric_type']} adopted: {m['legacy_path']} "
+                         f"copied to {m['path']} ({m['size_bytes'] / 1024:.1f} KB{_input(m)})",
+    "would_adopt": lambda m: f"🔎 model {m['id']} {m['model_type']}/{m['metric_type']} would be adopted: "
+                             f"{m['legacy_path']} ({m['size_bytes'] / 1024:.1f} KB{_input(m)})",
     "purged": lambda m: f"🧹 model {m['id']} {m['model_type']}/{m['metric_type']} BLOB purged "
                         f"({m['size_bytes'] / 1024:.1f} KB; file verified: {m['path']})",
     "would_purge": lambda m: f"🔎 model {m['id']} {m['model_type']}/{m['metric_type']} BLOB would be purged "
@@ -149,6 +176,8 @@ def migration_report(result: dict[str, Any]) -> list[str]:
         lines.append(f"🔎 Would migrate: {result['migrated']} models")
     else:
         lines.append(f"✅ Migrated: {result['migrated']} models")
+    lines.append(f"📥 {'Would adopt' if result['dry_run'] else 'Adopted'}: {result.get('adopted', 0)} "
+                 "files of the minibar app (copied into the models directory)")
     lines.append(f"❌ Failed: {result['failed']} models")
     lines.append(f"⏭️  Skipped: {result['skipped']} models (already migrated)")
     if result.get("purge_blobs"):
@@ -165,15 +194,26 @@ def migration_report(result: dict[str, Any]) -> list[str]:
               help="Set model_data to NULL once the file is verified, also for models migrated earlier "
                    "(default: keep the BLOB as the fallback).")
 def migrate_command(dry_run: bool, purge_blobs: bool) -> None:
-    """Copy every legacy BLOB model to a verified file and record its path and checksum.
+    """Copy every legacy model to a verified file and record its path, checksum and input.
 
-    Also available as: python migrate_models_to_filesystem.py.  Run it with
-    --dry-run first.  Exits 1 if any model failed; the others are migrated
-    all the same.
+    BLOB rows are copied byte for byte; the minibar app's files (FILE_BASED
+    rows) are adopted: loaded under the allow-list, copied into the models
+    directory.  Also available as: python migrate_models_to_filesystem.py.
+    Run it with --dry-run first.  Exits 0 when every row was migrated,
+    adopted or already done; 1 if any failed (the others are done all the same).
     """
     # A dry run changes nothing on disk either: not even a missing models directory.
-    result = _manager(create_directory=not dry_run).migrate_from_database(dry_run=dry_run, purge_blobs=purge_blobs)
+    manager = _manager(create_directory=not dry_run)
+    # scikit-learn warns once per class of every legacy model: one line says it all.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InconsistentVersionWarning)
+        result = manager.migrate_from_database(dry_run=dry_run, purge_blobs=purge_blobs)
     for line in migration_report(result):
         click.echo(line)
+    saved = sorted({str(w.message.original_sklearn_version) for w in caught
+                    if issubclass(w.category, InconsistentVersionWarning)})
+    if saved:
+        click.echo(f"⚠️  legacy models were saved with scikit-learn {', '.join(saved)}; this service runs "
+                   f"{sklearn.__version__} (they load; retrain to replace them)")
     if result["failed"]:
         raise fail(f"{result['failed']} model(s) failed to migrate; see the lines above")

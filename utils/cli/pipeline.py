@@ -23,6 +23,9 @@ _TRAIN_COLUMNS = (
     ("entities", "entities"), ("labelled", "labelled"), ("accuracy", "accuracy"), ("precision", "precision"),
     ("recall", "recall"), ("seconds", "seconds"), ("note", "note"),
 )
+PROMOTE_HELP = ("auto: the gate compares the new version with the active one and promotes it only if it passes; "
+                "never: keep it as a challenger; always: activate it whatever the gate says. A pinned type is never "
+                "changed.")
 _SCAN_COLUMNS = (
     ("metric_type", "metric type"), ("scanned", "scanned"), ("alerts", "alerts"), ("method", "method"),
     ("model_id", "model id"), ("source", "source"), ("load_ms", "load ms"), ("note", "note"),
@@ -51,13 +54,19 @@ def _run_job(name: str, **params: Any) -> tuple[Any, Optional[JobError]]:
 @click.option("--end", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]), default=None,
               help="Last moment of the data, UTC (default: now).")
 @click.option("--if-empty", is_flag=True, help="Do nothing if there are observations already (the quick start).")
+@click.option("--realistic", is_flag=True,
+              help="The evaluation simulator's hotel instead (profiles, holidays, shifts, labelled event windows; "
+                   "also energy meters); --days defaults to 90 there.")
 def demo_data_command(rooms: int, products: int, attendants: int, days: int, seed: Optional[int],
-                      anomaly_rate: Optional[float], end: Optional[datetime], if_empty: bool) -> None:
+                      anomaly_rate: Optional[float], end: Optional[datetime], if_empty: bool, realistic: bool) -> None:
     """Insert realistic minibar observations with labelled anomalies (global and contextual)."""
     from utils.ml.pipeline.demo_data import DEFAULT_ANOMALY_RATE, DEFAULT_SEED, generate_demo_data, has_observations
 
     if if_empty and has_observations():
         click.echo("Observations already present: no demo data added.")
+        return
+    if realistic:
+        _realistic(rooms, products, attendants, days, seed, anomaly_rate, end)
         return
 
     result = generate_demo_data(
@@ -71,6 +80,25 @@ def demo_data_command(rooms: int, products: int, attendants: int, days: int, see
     for line in format_table(rows, (("metric_type", "metric type"), ("observations", "observations"),
                                     ("entities", "entities"), ("global", "global anomalies"),
                                     ("contextual", "contextual anomalies"))):
+        click.echo(line)
+
+
+def _realistic(rooms: int, products: int, attendants: int, days: int, seed: Optional[int],
+               anomaly_rate: Optional[float], end: Optional[datetime]) -> None:
+    from utils.ml.pipeline.realistic_demo import generate_realistic_demo
+
+    source = click.get_current_context().get_parameter_source("days")
+    options = {"rooms": rooms, "products": products, "attendants": attendants, "seed": 1 if seed is None else seed,
+               "days": 90 if source == click.core.ParameterSource.DEFAULT else days, "end": end}
+    if anomaly_rate is not None:
+        options["anomaly_rate"] = anomaly_rate
+    result = generate_realistic_demo(**options)
+    click.echo(f"Inserted {result['observations']} simulated observations from {result['start']} to "
+               f"{result['end']} (seed {result['seed']}, {result['events']} labelled events, {result['seconds']}s):")
+    kinds = sorted({k for v in result["by_metric_type"].values() for k in v} - {"observations", "entities", "events"})
+    rows = [{"metric_type": name, **counts} for name, counts in result["by_metric_type"].items()]
+    for line in format_table(rows, [("metric_type", "metric type"), ("observations", "observations"),
+                                    ("entities", "entities"), ("events", "events")] + [(k, k) for k in kinds]):
         click.echo(line)
 
 
@@ -89,8 +117,10 @@ def import_metrics_command(csv_file: str) -> None:
 
 
 def _train_note(row: dict[str, Any]) -> Optional[str]:
-    if row.get("status") == "skipped":
+    if row.get("status") in ("skipped", "unchanged"):
         return row.get("skipped")
+    if row.get("promotion"):
+        return f"{row['promotion']['decision']}: {row['promotion']['reason']}"
     if row.get("status") == "failed":
         return row.get("error")
     if row.get("accuracy") is None and row.get("status") == "trained":
@@ -100,15 +130,21 @@ def _train_note(row: dict[str, Any]) -> Optional[str]:
 
 @ml_cli.command("train")
 @click.option("--metric-type", default=None, help="Only this metric type (default: every one with data).")
+@click.option("--promote", type=click.Choice(["auto", "never", "always"]), default="auto", show_default=True,
+              help=PROMOTE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def train_command(metric_type: Optional[str], as_json: bool) -> None:
-    """Train one Isolation Forest per metric type on the recent window and activate it.
+def train_command(metric_type: Optional[str], promote: str, as_json: bool) -> None:
+    """Train one Isolation Forest per metric type on the recent window; the gate decides what becomes active.
 
-    Runs the train_models job (recorded in ml_job_runs, trigger cli); exits 1
-    without training while training runs in any process, and after printing
-    the table when any metric type failed.
+    Same data and settings as a kept version: no new version (status
+    unchanged).  Runs the train_models job (recorded in ml_job_runs, trigger
+    cli); exits 1 without training while training runs in any process, and
+    after printing the table when any metric type failed.
     """
-    params = {"metric_type": check_observed_metric_type(metric_type, "trained on")} if metric_type else {}
+    params: dict[str, Any] = {"metric_type": check_observed_metric_type(metric_type, "trained on")} \
+        if metric_type else {}
+    if promote != "auto":
+        params["promote"] = promote
     results, failure = _run_job("train_models", **params)
     if as_json:
         click.echo(dump_json(results))

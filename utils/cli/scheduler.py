@@ -13,7 +13,8 @@ import click
 from flask import current_app
 
 from utils.cli import fail, ml_cli
-from utils.ml.jobs.scheduler import start_scheduler, stop_scheduler
+from utils.ml.jobs.interrupt import request_stop
+from utils.ml.jobs.scheduler import exit_now_if_stuck, start_scheduler, stop_scheduler
 from utils.web.monitoring import start_metrics_server
 
 
@@ -30,6 +31,7 @@ def scheduler_command() -> None:
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: Any) -> None:
+        request_stop()  # a running job stops at its next safe point, recorded as interrupted
         stop.set()
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -42,9 +44,10 @@ def scheduler_command() -> None:
         # Short waits keep the main thread responsive to signals.
         while not stop.wait(1.0):
             pass
-        click.echo("scheduler stopping: waiting for running jobs, releasing leadership", err=True)
-        stop_scheduler(app)
+        click.echo("scheduler stopping: interrupting running jobs, releasing leadership", err=True)
+        finished = stop_scheduler(app)
         click.echo("scheduler stopped", err=True)
+        exit_now_if_stuck(finished)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

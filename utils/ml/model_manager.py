@@ -35,7 +35,10 @@ from utils.ml.store import (ModelManagerError, ModelStore, ModelStoreError, Mode
 from utils.ml.store import legacy, registry, retention
 from utils.ml.store.cache import ModelCache
 from utils.ml.store.integrity import LoadOutcome, finish_load, read_verified, serialize, verify_file
+from utils.ml.store.legacy import INCOMPATIBLE
 from utils.ml.store.setup import store_location
+from utils.ml.store.signature import compatible as input_compatible
+from utils.ml.store.signature import incompatible_detail, of_object
 from utils.ml.validation import check_name, check_score
 from utils.models import MLModel
 from utils.settings import current
@@ -172,7 +175,8 @@ class ModelManager:
         started = time.perf_counter()
         row = registry.save_version(self.session, self.store, data, suffix, actor=actor, activate=activate,
                                     model_type=model_type, metric_type=metric_type, parameters=parameters or {},
-                                    training_date=training_date or utcnow(), **scores)
+                                    training_date=training_date or utcnow(), input_signature=of_object(model),
+                                    **scores)
         if activate:
             self._signal_activation()
         events.emit("model_saved", f"Model saved: {self.store.locate(row.model_path)}, size: {len(data) / 1024:.1f}KB",
@@ -218,7 +222,7 @@ class ModelManager:
         token = self.store.change_token()
         entry = self._cache.get(key, token)
         if entry is not None:
-            return finish_load(entry.model, entry.model_id, "cache", None, started, key)
+            return self._usable(entry.model, entry.model_id, "cache", None, started, key)
         try:
             meta = registry.active_meta(self.session, model_type, metric_type)
         except SQLAlchemyError as exc:
@@ -232,6 +236,9 @@ class ModelManager:
         if meta is None:
             return finish_load(None, None, "none", "no_active_model", started, key,
                                f"no active model for {model_type}/{metric_type}")
+        if not input_compatible(meta.signature):  # known from the row: not even read
+            return finish_load(None, meta.id, "none", INCOMPATIBLE, started, key, incompatible_detail(
+                meta.id, meta.signature))
         if not meta.model_path:
             return finish_load(None, meta.id, "none", "no_model_file", started, key,
                                f"model {meta.id} is a legacy row without a file")
@@ -241,7 +248,16 @@ class ModelManager:
                                   self.max_bytes, self.retry_delays))
         if model is None:
             return finish_load(None, meta.id, "none", reason, started, key, detail)
-        return finish_load(model, meta.id, source, None, started, key)
+        return self._usable(model, meta.id, source, meta.recorded_signature, started, key)
+
+    @staticmethod
+    def _usable(model: Any, model_id: int, source: str, recorded: Optional[dict[str, Any]], started: float,
+                key: tuple[str, str]) -> LoadOutcome:
+        """The loaded model, unless its input is one detection cannot compute (``incompatible_input``)."""
+        sig = recorded or of_object(model)
+        if not input_compatible(sig):
+            return finish_load(None, model_id, "none", INCOMPATIBLE, started, key, incompatible_detail(model_id, sig))
+        return finish_load(model, model_id, source, None, started, key)
 
     def load_model_from_database(self, model_type: str, metric_type: str) -> LoadOutcome:
         """The legacy path: unpickle the active row's BLOB (verified when a checksum applies)."""

@@ -1,28 +1,44 @@
-"""Training: one Isolation Forest pipeline per metric type, saved through the ModelManager.
+"""Training: one per-entity causal detector per metric type, saved through the ModelManager.
 
 For each metric type with observations in the last ``ML_TRAIN_WINDOW_DAYS``
 days (internal figures such as ``model_load_time`` excluded):
 
-1. **Gate** — fewer than ``ML_MIN_TRAIN_SAMPLES`` observations: skipped, with
-   the reason, and the current model (if any) stays active.
+1. **Gate** — fewer than ``ML_MIN_TRAIN_SAMPLES`` observations (or fewer
+   usable ones: every entity still warming up): skipped, with the reason,
+   and the current model (if any) stays active.
 2. **Evaluation, only where labels exist** — labels come from
    ``extra_data.label`` (``"anomaly"`` / ``"normal"``, as the demo data and
    any labelled import carry) and from alerts marked false positive (their
    observations count as *normal*, overriding anything else).  The window is
    split in time: a model is fitted on the older 80 % and judged on the
-   labelled observations of the newest 20 %, which it has never seen.
+   labelled observations of the newest 20 %, which it has never seen, each
+   scored causally (against its entity's observations before it).
    Accuracy, precision and recall come from that held-out part; any of them
    whose denominator is zero, and all of them when the held-out part has no
    labels, are NULL.  Nothing is ever scored on its own training rows.
-3. **Final model** — refitted on the whole window (the recent data matters
-   most for the per-entity baselines) and saved as the new active version;
-   ``parameters`` records the settings, the window, the label counts and how
-   the metrics were obtained.
+3. **Same data, same settings** — the window's fingerprint
+   (:mod:`utils.ml.promotion.fingerprint`) matches a kept version: no new
+   version (status ``unchanged``).  The window ends at the newest
+   observation (not the clock), so a restart with no new data changes nothing.
+4. **Final model** — refitted on the whole window and saved as a
+   *challenger*: a :class:`utils.ml.detector.model.TrainedDetector`
+   (feature version 2: per-entity state, one forest over causal deviations,
+   thresholds calibrated per entity; ``ML_CONTAMINATION`` is its calibration
+   target and ``ML_FALSE_ALERTS_PER_ENTITY_DAY`` its alert budget, see the
+   README).  ``parameters`` records the settings, the window, the label
+   counts, the fingerprint and how the metrics were obtained.  Models of
+   feature version 1 (the pooled pipeline) keep loading and scoring until
+   this replaces them.
+5. **Promotion** — :func:`utils.ml.promotion.decide.decide` compares it with
+   the champion on the recent part of the window (each judged causally, with
+   the rows before that part as history) and promotes, rejects, keeps
+   (``promote="never"``) or holds it (a pin), recording the decision.
 
-Labels are never used for fitting: the forest stays unsupervised.
+Labels are never used for fitting: the detector stays unsupervised.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -31,18 +47,19 @@ from typing import Any, Optional
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.exc import DataError
 
 from utils.ml import events
-from utils.ml.pipeline.features import (
-    DEFAULT_FEATURES,
-    FEATURE_VERSION,
-    INPUT_COLUMNS,
-    MODEL_TYPE,
-    build_pipeline,
-    observation_matrix,
-)
+from utils.ml.jobs.interrupt import JobInterrupted, checkpoint
+from utils.ml.pipeline import bad_rows
+from utils.ml.detector import model as causal_detector
+from utils.ml.pipeline.batch import ObservationBatch
+from utils.ml.pipeline.features import MODEL_TYPE
+from utils.ml.pipeline.history import entity_codes
 from utils.ml.pipeline.observations import INTERNAL_METRIC_TYPES, check_observed_metric_type
-from utils.ml.pipeline.scoring import score_with_model
+from utils.ml.pipeline.scoring import score_causal, score_window
+from utils.ml.promotion.decide import check_mode, decide
+from utils.ml.promotion.fingerprint import KEY as FINGERPRINT_KEY, fingerprint, version_with
 from utils.models import MLAlert, MLMetric
 from utils.settings import current
 from utils.time import as_utc, utcnow
@@ -64,13 +81,15 @@ class TrainingData:
     timestamps: list[datetime]
     labels: np.ndarray  # -1 unknown, 0 normal, 1 anomaly
     false_positives: int
+    bad_rows: int = 0  # rows of the window dropped as unusable (see utils.ml.pipeline.bad_rows)
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
 
     @property
-    def matrix(self) -> np.ndarray:
-        return observation_matrix(self.entity_ids, self.values)
+    def epoch(self) -> np.ndarray:
+        """Observation times as UTC epoch seconds."""
+        return np.fromiter((as_utc(t).timestamp() for t in self.timestamps), dtype=float, count=len(self))
 
 
 def _ratio(numerator: int, denominator: int) -> Optional[float]:
@@ -102,7 +121,7 @@ class ModelTrainer:
     def __init__(self, db: Any, model_manager: Any = None, *, window_days: Optional[int] = None,
                  min_samples: Optional[int] = None, contamination: Optional[float] = None,
                  n_estimators: Optional[int] = None, random_state: int = 42,
-                 features: tuple[str, ...] = DEFAULT_FEATURES, actor: str = "trainer") -> None:
+                 alert_budget: Optional[float] = None, actor: str = "trainer", promote: str = "auto") -> None:
         self.db = db
         self._model_manager = model_manager
         self.window_days = int(window_days if window_days is not None else current("ML_TRAIN_WINDOW_DAYS"))
@@ -110,8 +129,10 @@ class ModelTrainer:
         self.contamination = float(contamination if contamination is not None else current("ML_CONTAMINATION"))
         self.n_estimators = int(n_estimators if n_estimators is not None else current("ML_N_ESTIMATORS"))
         self.random_state = random_state
-        self.features = tuple(features)
+        self.alert_budget = float(alert_budget if alert_budget is not None
+                                  else current("ML_FALSE_ALERTS_PER_ENTITY_DAY"))
         self.actor = actor
+        self.promote = check_mode(promote)
 
     @property
     def model_manager(self) -> Any:
@@ -135,15 +156,44 @@ class ModelTrainer:
         ).scalars().all()
         return list(rows)
 
-    def load(self, metric_type: str, since: datetime, until: Optional[datetime] = None) -> TrainingData:
-        """The window's observations of ``metric_type`` (time order) with their labels."""
+    def newest(self, metric_type: str, until: datetime) -> Optional[datetime]:
+        """The time of the newest observation of ``metric_type`` at or before ``until``."""
+        value = self.session.execute(
+            select(MLMetric.timestamp).where(MLMetric.metric_type == metric_type, MLMetric.timestamp <= until)
+            .order_by(MLMetric.timestamp.desc()).limit(1)
+        ).scalar_one_or_none()
+        return as_utc(value) if value is not None else None
+
+    def _rows(self, metric_type: str, since: datetime, until: datetime) -> list[Any]:
+        """(id, entity_id, metric_value, timestamp, label) of the window, in time order.
+
+        The label is read in SQL (``->>``); a legacy ``json`` column holding a
+        NUL makes that conversion fail for the whole query, so the rows are
+        then read again with the raw document and the label taken in Python.
+        """
+        where = (MLMetric.metric_type == metric_type, MLMetric.timestamp >= since, MLMetric.timestamp <= until)
+        order = (MLMetric.timestamp, MLMetric.id)
         label = MLMetric.extra_data["label"].as_string()
+        try:
+            return list(self.session.execute(
+                select(MLMetric.id, MLMetric.entity_id, MLMetric.metric_value, MLMetric.timestamp, label)
+                .where(*where).order_by(*order)).all())
+        except DataError:
+            self.session.rollback()
+            logger.warning("labels of %s cannot be read in SQL (a NUL in extra_data?); reading them row by row",
+                           metric_type)
         rows = self.session.execute(
-            select(MLMetric.id, MLMetric.entity_id, MLMetric.metric_value, MLMetric.timestamp, label)
-            .where(MLMetric.metric_type == metric_type, MLMetric.timestamp >= since,
-                   MLMetric.timestamp <= (until or utcnow()))
-            .order_by(MLMetric.timestamp, MLMetric.id)
-        ).all()
+            select(MLMetric.id, MLMetric.entity_id, MLMetric.metric_value, MLMetric.timestamp, MLMetric.extra_data)
+            .where(*where).order_by(*order)).all()
+        return [(r[0], r[1], r[2], r[3], bad_rows.label_of(r[4])) for r in rows]
+
+    def load(self, metric_type: str, since: datetime, until: Optional[datetime] = None) -> TrainingData:
+        """The window's observations of ``metric_type`` (time order) with their labels.
+
+        Rows no model can use (non-finite value, no timestamp) are dropped and
+        counted in ``bad_rows``, so one bad row never fails the metric type.
+        """
+        rows, dropped = bad_rows.finite_rows(self._rows(metric_type, since, until or utcnow()), 2, 3)
         n = len(rows)
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
         entities = np.fromiter((np.nan if r[1] is None else r[1] for r in rows), dtype=float, count=n)
@@ -157,12 +207,18 @@ class ModelTrainer:
         ).scalars().all(), dtype=np.int64)
         marked = np.isin(ids, false_positive_ids) if false_positive_ids.size else np.zeros(n, dtype=bool)
         labels[marked] = LABEL_NORMAL  # an operator said so: that overrides any other label
-        return TrainingData(ids, entities, values, [r[3] for r in rows], labels, int(marked.sum()))
+        return TrainingData(ids, entities, values, [r[3] for r in rows], labels, int(marked.sum()), dropped)
 
     # ------------------------------------------------------------ training
-    def _pipeline(self):
-        return build_pipeline(contamination=self.contamination, n_estimators=self.n_estimators,
-                              random_state=self.random_state, features=self.features)
+    def settings(self) -> causal_detector.DetectorSettings:
+        """The detector's settings from the service's (a bad combination raises ValueError naming it)."""
+        return causal_detector.DetectorSettings(
+            contamination=self.contamination, false_alerts_per_entity_day=self.alert_budget,
+            n_estimators=self.n_estimators, random_state=self.random_state)
+
+    def _fit(self, data: TrainingData, upto: int, now: float) -> Optional[causal_detector.TrainedDetector]:
+        return causal_detector.train(entity_codes(data.entity_ids[:upto]), data.epoch[:upto], data.values[:upto],
+                                     self.settings(), now=now)
 
     def _evaluate_on_holdout(self, data: TrainingData) -> dict[str, Any]:
         n = len(data)
@@ -173,58 +229,95 @@ class ModelTrainer:
         if not np.any(holdout_labels >= 0):
             info.update(method=None, reason="no labelled observations in the held-out (newest) part of the window")
             return info
-        if split < 2:
+        epoch = data.epoch
+        model = self._fit(data, split, float(epoch[split])) if split >= 2 else None
+        if model is None:
             info.update(method=None, reason="too few observations before the held-out part to fit a model")
             return info
         info["split_at"] = as_utc(data.timestamps[split]).isoformat()
-        matrix = data.matrix
-        model = self._pipeline().fit(matrix[:split])
-        predicted = score_with_model(model, matrix[split:]).is_anomaly
+        codes = entity_codes(data.entity_ids)
+        batch = ObservationBatch.from_arrays(data.values[split:], data.entity_ids[split:], timestamps=epoch[split:])
+        history = (codes[:split], epoch[:split], data.values[:split])
+        predicted = score_causal(model, batch, history).is_anomaly
         info.update(evaluate(predicted, holdout_labels))
-        info["note"] = "metrics of a model fitted on the older part, judged on the newer; the saved model is refitted on the whole window"
+        info["note"] = ("metrics of a model fitted on the older part, judged causally on the newer; "
+                        "the saved model is refitted on the whole window")
         return info
+
+    def _skip(self, result: dict[str, Any], metric_type: str, reason: str, samples: int, started: float,
+              code: str) -> dict[str, Any]:
+        result["skipped"] = reason
+        result["seconds"] = round(time.perf_counter() - started, 3)
+        events.emit("training_skipped", f"Training skipped for {metric_type}: {reason}",
+                    metric_type=metric_type, samples=samples, reason=code)
+        return result
+
+    def _fingerprint(self, data: TrainingData) -> str:
+        # Every setting of the detector as built (a subclass's changes count, and so does
+        # the subclass itself: its _fit may build something else), plus the window.
+        built = dataclasses.asdict(self.settings())
+        settings = {"feature_version": causal_detector.FEATURE_VERSION, "detector": built,
+                    "trainer": type(self).__qualname__, "window_days": self.window_days}
+        return fingerprint(data.ids, data.entity_ids, data.values, data.timestamps, data.labels, settings)
+
+    @staticmethod
+    def _recent(data: TrainingData, end: datetime) -> np.ndarray:
+        """Mask of the window's last ``ML_GATE_WINDOW_DAYS``: the sample the gate judges both models on."""
+        cutoff = end - timedelta(days=int(current("ML_GATE_WINDOW_DAYS")))
+        return np.fromiter((as_utc(t) >= cutoff for t in data.timestamps), dtype=bool, count=len(data))
 
     def train_one(self, metric_type: str, now: Optional[datetime] = None) -> dict[str, Any]:
         """Train, evaluate (if labelled) and save one metric type's model; return its summary.
 
-        The window is ``[now - window_days, now]``; ``now`` defaults to the current time.
+        The window is ``[end - window_days, end]`` where ``end`` is the newest
+        observation at or before ``now`` (default: the current time).
         """
         started = time.perf_counter()
-        now = now or utcnow()
+        now = self.newest(metric_type, now or utcnow()) or now or utcnow()
         since = now - timedelta(days=self.window_days)
         result: dict[str, Any] = {
             "metric_type": metric_type, "model_type": MODEL_TYPE, "status": "skipped", "model_id": None,
             "samples": 0, "entities": 0, "labelled": 0, "accuracy": None, "precision": None, "recall": None,
-            "skipped": None, "error": None, "seconds": None,
+            "skipped": None, "error": None, "seconds": None, "bad_rows": 0, "promotion": None,
         }
         data = self.load(metric_type, since, now)
         self.session.rollback()  # end the read transaction before the long fit
         result["samples"] = len(data)
+        result["bad_rows"] = data.bad_rows
+        bad_rows.report("train_models", metric_type, data.bad_rows)
         if len(data) < self.min_samples:
-            result["skipped"] = (f"{len(data)} observations in the last {self.window_days} days, "
-                                 f"fewer than ML_MIN_TRAIN_SAMPLES={self.min_samples}")
-            result["seconds"] = round(time.perf_counter() - started, 3)
-            events.emit("training_skipped", f"Training skipped for {metric_type}: {result['skipped']}",
-                        metric_type=metric_type, samples=len(data), reason="min_samples")
+            return self._skip(result, metric_type, f"{len(data)} observations in the last {self.window_days} days, "
+                              f"fewer than ML_MIN_TRAIN_SAMPLES={self.min_samples}", len(data), started,
+                              "min_samples")
+
+        data_print = self._fingerprint(data)
+        existing = version_with(self.session, MODEL_TYPE, metric_type, data_print)
+        self.session.rollback()
+        if existing is not None:
+            result.update(status="unchanged", model_id=existing, seconds=round(time.perf_counter() - started, 3),
+                          skipped=f"same data and settings as model {existing}: no new version")
+            events.emit("training_unchanged", f"Training of {metric_type} skipped: {result['skipped']}",
+                        metric_type=metric_type, model_id=existing, samples=len(data))
             return result
 
+        checkpoint(f"before evaluating {metric_type}")
         evaluation = self._evaluate_on_holdout(data)
-        model = self._pipeline().fit(data.matrix)
-        forest = model.steps[-1][1]
-        transformer = model.steps[0][1]
+        checkpoint(f"before fitting {metric_type}")
+        model = self._fit(data, len(data), now.timestamp())
+        if model is None:
+            return self._skip(result, metric_type, f"fewer than {self.settings().min_samples} "
+                              "observations with enough earlier ones of their entity", len(data), started,
+                              "min_samples")
         entities = int(np.unique(data.entity_ids[~np.isnan(data.entity_ids)]).size)
         labels = {"anomaly": int(np.sum(data.labels == LABEL_ANOMALY)),
                   "normal": int(np.sum(data.labels == LABEL_NORMAL)),
                   "false_positive_alerts": data.false_positives}
         parameters = {
-            "feature_version": FEATURE_VERSION,
-            "input_columns": list(INPUT_COLUMNS),
-            "features": list(transformer.features),
-            "min_entity_samples": transformer.min_entity_samples,
-            "entities_with_baseline": int(transformer.entity_ids_.size),
-            "iforest": {"n_estimators": forest.n_estimators, "max_samples": forest.max_samples,
-                        "contamination": forest.contamination, "random_state": forest.random_state},
-            "threshold": round(-float(forest.offset_), 6),
+            "feature_version": causal_detector.FEATURE_VERSION,
+            "detector": "causal_per_entity",
+            "settings": dict(model.settings),
+            "usable_samples": model.samples,
+            "entities_with_state": int(model.stats.ids.size),
             "window": {
                 "days": self.window_days, "start": since.isoformat(), "end": now.isoformat(),
                 "first_observation": as_utc(data.timestamps[0]).isoformat(),
@@ -233,13 +326,22 @@ class ModelTrainer:
             },
             "labels": labels,
             "evaluation": evaluation,
+            FINGERPRINT_KEY: data_print,
             "fit_seconds": round(time.perf_counter() - started, 3),
         }
         scores = {k: evaluation.get(k) for k in ("accuracy", "precision", "recall")}
         row = self.model_manager.save_model(
             model, MODEL_TYPE, metric_type, scores["accuracy"], scores["precision"], scores["recall"],
-            parameters=parameters, training_date=now, actor=self.actor,
+            parameters=parameters, training_date=now, actor=self.actor, activate=False,
         )
+        recent = self._recent(data, now)  # a suffix: the rows are in time order
+        start = int(np.argmax(recent)) if recent.any() else len(data)
+        epoch = data.epoch
+        promotion = decide(self.model_manager, model_type=MODEL_TYPE, metric_type=metric_type, challenger_id=row.id,
+                           challenger=model, labels=data.labels[start:], mode=self.promote, actor=self.actor,
+                           score=lambda candidate: score_window(candidate, data.entity_ids, epoch, data.values, start),
+                           fingerprint=data_print)
+        result["promotion"] = {k: promotion[k] for k in ("decision", "reason", "champion_id", "method")}
         result.update(status="trained", model_id=row.id, entities=entities,
                       labelled=int(evaluation.get("labelled", 0)), **scores,
                       seconds=round(time.perf_counter() - started, 3))
@@ -266,8 +368,11 @@ class ModelTrainer:
             self.session.rollback()
         results = []
         for name in types:
+            checkpoint(f"before training {name}")
             try:
                 results.append(self.train_one(name, now=now))
+            except JobInterrupted:
+                raise
             except Exception as exc:  # one metric type must not stop the others
                 try:
                     self.session.rollback()
@@ -279,12 +384,15 @@ class ModelTrainer:
                 results.append({"metric_type": name, "model_type": MODEL_TYPE, "status": "failed", "model_id": None,
                                 "samples": None, "entities": None, "labelled": None, "accuracy": None,
                                 "precision": None, "recall": None, "skipped": None,
-                                "error": f"{type(exc).__name__}: {exc}", "seconds": None})
+                                "error": f"{type(exc).__name__}: {exc}", "seconds": None, "promotion": None})
         return results
 
 
-def train_models(metric_type: Optional[str] = None, actor: str = "trainer") -> list[dict[str, Any]]:
-    """Train every metric type (or one) in the current app; the scheduler's and the CLI's entry point."""
+def train_models(metric_type: Optional[str] = None, actor: str = "trainer", promote: str = "auto") -> list[dict[str, Any]]:
+    """Train every metric type (or one) in the current app; the scheduler's and the CLI's entry point.
+
+    ``promote``: ``auto`` (the gate decides), ``never`` or ``always``.
+    """
     from utils.extensions import db
 
-    return ModelTrainer(db, actor=actor).train(metric_type)
+    return ModelTrainer(db, actor=actor, promote=promote).train(metric_type)

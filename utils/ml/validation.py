@@ -73,6 +73,11 @@ def check_score(field: str, value: Any, error: type[InvalidInput] = InvalidInput
     return number
 
 
+# Text PostgreSQL can store: anything but U+0000 (neither text nor jsonb can hold it).
+NUL_FREE_PATTERN = r"^[^\x00]*$"
+NUL_RULE = "must not contain the NUL character (\\u0000)"
+
+
 def rule_text(error: Mapping[str, Any], unknown: str = "unknown field") -> str:
     """The rule a pydantic error names, in this service's words (without pydantic's prefixes).
 
@@ -87,5 +92,7 @@ def rule_text(error: Mapping[str, Any], unknown: str = "unknown field") -> str:
         return unknown
     if error.get("type") == "string_pattern_mismatch":
         pattern = (error.get("ctx") or {}).get("pattern")
+        if pattern == NUL_FREE_PATTERN:
+            return NUL_RULE
         return f"must match {pattern}" if pattern else message
     return message

@@ -4,6 +4,10 @@
 (``hmac.compare_digest``) and every refusal says why, without echoing the
 token that was sent.  When no token is configured the protected routes refuse
 with 503: the server, not the caller, is misconfigured.
+
+A request whose token was compared and was wrong counts as a failure of its
+client address (:mod:`utils.web.security.ratelimit`); an address over the
+limit gets 429 with ``Retry-After`` before its token is even looked at.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import Optional
 from flask import Response, current_app, request
 
 from utils.web.errors import error_response
+from utils.web.security import ratelimit
 
 
 NOT_CONFIGURED = (
@@ -29,6 +34,7 @@ class AuthFailure:
 
     status: int
     reason: str
+    guess: bool = False  # a token was compared and was wrong: counts toward the rate limit
 
 
 def token_matches(candidate: Optional[str], configured: Optional[str]) -> bool:
@@ -57,7 +63,7 @@ def bearer_failure(authorization: Optional[str], configured: Optional[str]) -> O
     if not credentials:
         return AuthFailure(401, "Authorization header has no token after 'Bearer'")
     if not token_matches(credentials, configured):
-        return AuthFailure(401, "invalid bearer token")
+        return AuthFailure(401, "invalid bearer token", guess=True)
     return None
 
 
@@ -70,8 +76,29 @@ def failure_response(failure: AuthFailure) -> Response:
     return response
 
 
-def check_request() -> Optional[Response]:
-    """For ``before_request`` hooks: None when the current request is authorised, else the refusal."""
-    failure = bearer_failure(request.headers.get("Authorization"), current_app.config.get("ML_ADMIN_TOKEN"))
-    return failure_response(failure) if failure else None
+def too_many_response(retry_after: int) -> Response:
+    """429 for a locked-out client address, with ``Retry-After`` in seconds."""
+    response, status = error_response(
+        f"too many failed authentications from this address; try again in {retry_after} s", 429)
+    response.status_code = status
+    response.headers["Retry-After"] = str(retry_after)
+    return response
 
+
+def check_request() -> Optional[Response]:
+    """For ``before_request`` hooks: None when the current request is authorised, else the refusal.
+
+    Only a request that presents a token touches the database (the lockout
+    check); a database error propagates, so the caller answers 503.
+    """
+    failure = bearer_failure(request.headers.get("Authorization"), current_app.config.get("ML_ADMIN_TOKEN"))
+    if failure is not None and not failure.guess:
+        return failure_response(failure)
+    client = ratelimit.current_client()
+    wait = ratelimit.retry_after(client)
+    if wait is not None:
+        return too_many_response(wait)
+    if failure is None:
+        return None
+    wait = ratelimit.record_failure(client)
+    return too_many_response(wait) if wait is not None else failure_response(failure)

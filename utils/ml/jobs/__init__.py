@@ -1,6 +1,7 @@
 """Jobs: what runs on a schedule or on demand, and the guarantees around every run.
 
-* :mod:`.definitions` — the three jobs (``anomaly_scan``, ``train_models``, ``cleanup_models``);
+* :mod:`.definitions` — the jobs (``anomaly_scan``, ``train_models``, ``cleanup_models``,
+  ``drift_check``, ``notify_deliver``);
 * :mod:`.runner` — the one runner the CLI, the API and the scheduler all use
   (job lock, tick claim, a recorded run with its trigger);
 * :mod:`.records` — run rows in ``ml_job_runs``;

@@ -1,4 +1,4 @@
-"""The three jobs: what each runs, and which setting sets its interval.
+"""The jobs: what each runs, and which setting sets its interval.
 
 Each job function takes the run's ``actor`` (who asked: a user, ``cli`` or
 ``scheduler``) plus its own parameters, and returns what it did.  A job that
@@ -72,6 +72,23 @@ def _cleanup_models(actor: str, keep_versions: Optional[int] = None) -> dict[str
     return result
 
 
+def _drift_check(actor: str, **params: Any) -> dict[str, Any]:
+    from utils.ml.promotion.drift_job import run_drift_check
+
+    result = run_drift_check(actor, **params)
+    failed = [name for name, entry in result["metric_types"].items() if entry.get("error")]
+    if failed:
+        raise JobError(f"drift check failed for {', '.join(failed)}", result)
+    return result
+
+
+def _notify_deliver(actor: str) -> dict[str, int]:
+    from utils.ml.notify import deliver_pending
+
+    # Failed sends are retried by later passes (the outbox keeps them): not a failed run.
+    return deliver_pending().as_dict()
+
+
 @dataclass(frozen=True)
 class Job:
     name: str
@@ -87,6 +104,10 @@ JOBS: dict[str, Job] = {
         Job("train_models", _train_models, "ML_TRAIN_INTERVAL_SECONDS", "train one model per metric type"),
         Job("cleanup_models", _cleanup_models, "ML_CLEANUP_INTERVAL_SECONDS",
             "keep ML_KEEP_VERSIONS versions per type, remove orphans; retention of old rows"),
+        Job("drift_check", _drift_check, "ML_DRIFT_INTERVAL_SECONDS",
+            "PSI/KS of recent features vs the champion's window; a drift triggers one retraining"),
+        Job("notify_deliver", _notify_deliver, "ML_NOTIFY_DELIVER_INTERVAL_SECONDS",
+            "deliver due notifications from the outbox (webhook, e-mail)"),
     )
 }
 

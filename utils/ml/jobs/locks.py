@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from utils.db_bounds import connection_classes
 from utils.models import SchedulerLease
 from utils.time import utcnow
 
@@ -88,6 +89,9 @@ def dedicated_engine(url: str, application_name: str = "ml-locks") -> Engine:
                     poolclass=sa.pool.NullPool,
                     isolation_level="AUTOCOMMIT",
                     connect_args={
+                        # Marked as ours: the client-side deadline of utils.db_bounds applies
+                        # (a frozen server cannot hang a heartbeat), the request wait slots do not.
+                        "connection_factory": connection_classes()[1],
                         "connect_timeout": 5,
                         "application_name": application_name,
                         # A hung lock query must not freeze the heartbeat.

@@ -34,6 +34,7 @@ STATUS_SUCCESS = "success"
 STATUS_FAILED = "failed"
 STATUS_SKIPPED = "skipped"
 STATUS_ABANDONED = "abandoned"
+STATUS_INTERRUPTED = "interrupted"  # stopped at a safe point by a shutdown (utils.ml.jobs.interrupt)
 
 # Tracebacks and results are stored, within reason.
 _MAX_ERROR_CHARS = 20_000

@@ -1,10 +1,12 @@
 """The one job runner: every run of a job, from the CLI, the API or the scheduler, goes through it.
 
-``JOBS`` (:mod:`utils.ml.jobs.definitions`) names the three jobs
-(``anomaly_scan``, ``train_models``, ``cleanup_models``).  Every run is a
-row in ``ml_job_runs`` (:mod:`utils.ml.jobs.records`) whose ``details``
-say its ``trigger`` — ``cli`` (``flask ml train|scan|cleanup``), ``api``
-(``POST /api/ml/train|scan|cleanup``) or ``schedule`` — and every run goes
+``JOBS`` (:mod:`utils.ml.jobs.definitions`) names the jobs
+(``anomaly_scan``, ``train_models``, ``cleanup_models``, ``drift_check``,
+``notify_deliver``).  Every run is a row in ``ml_job_runs``
+(:mod:`utils.ml.jobs.records`) whose ``details`` say its ``trigger`` —
+``cli`` (``flask ml train|scan|cleanup``), ``api`` (``POST
+/api/ml/train|scan|cleanup``), ``schedule``, or ``drift`` (the retraining a
+drift check started) — and every run goes
 through the same two guards:
 
 * **The job lock** (:func:`job_lock`): a cross-process lock per job name
@@ -36,12 +38,15 @@ from typing import Any, Optional
 from flask import Flask, current_app
 from sqlalchemy.exc import IntegrityError
 
+from utils.db_bounds import JOB, bounds_profile
 from utils.extensions import db
 from utils.ml import events
 from utils.ml.jobs.definitions import JOBS, Job, JobError, UnknownJobError, get_job
+from utils.ml.jobs.interrupt import JobInterrupted, checkpoint, job_running
 from utils.ml.jobs.locks import JOB_LOCK_CLASS, DistributedLock, LockKeeper, make_lock, one_line
 from utils.ml.jobs.records import (
     STATUS_FAILED,
+    STATUS_INTERRUPTED,
     STATUS_RUNNING,
     STATUS_SKIPPED,
     STATUS_SUCCESS,
@@ -64,7 +69,9 @@ __all__ = ["JOBS", "JobBusyError", "JobError", "TRIGGERS", "UnknownJobError", "j
 TRIGGER_CLI = "cli"
 TRIGGER_API = "api"
 TRIGGER_SCHEDULE = "schedule"
-TRIGGERS = (TRIGGER_CLI, TRIGGER_API, TRIGGER_SCHEDULE)
+TRIGGER_DRIFT = "drift"  # a retraining started by the drift check (utils.ml.promotion.drift_job)
+TRIGGERS = (TRIGGER_CLI, TRIGGER_API, TRIGGER_SCHEDULE, TRIGGER_DRIFT)
+ON_DEMAND = (TRIGGER_CLI, TRIGGER_API, TRIGGER_DRIFT)
 SCHEDULER_ACTOR = "scheduler"
 
 
@@ -103,14 +110,37 @@ def _run(job: Job, run_id: int, trigger: str, scheduled_for: datetime, details: 
          actor: str, params: dict[str, Any]) -> dict[str, Any]:
     """Run ``job`` for the claimed row ``run_id``; record and announce the outcome.
 
+    Re-raises the job's exception after recording it as ``failed`` (``interrupted``
+    for a shutdown).  Counted as running, so a stopping process waits for it.
+    """
+    with job_running():
+        return _run_marked(job, run_id, trigger, scheduled_for, details, actor, params)
+
+
+def _run_marked(job: Job, run_id: int, trigger: str, scheduled_for: datetime, details: dict[str, Any],
+         actor: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Run ``job`` for the claimed row ``run_id``; record and announce the outcome.
+
     Re-raises the job's exception after recording it as ``failed``.
     """
     fields = {"job": job.name, "trigger": trigger, "run_id": run_id, "scheduled_for": scheduled_for.isoformat()}
     events.emit("job_started", f"job {job.name} started ({trigger})", **fields, status=STATUS_RUNNING)
     started = time.perf_counter()
     try:
-        result = job.func(actor, **params)
-        db.session.commit()  # a job that forgot to commit must not lose its work
+        checkpoint("before it started")
+        with bounds_profile(JOB):  # a job's own, longer database bounds (utils.db_bounds)
+            result = job.func(actor, **params)
+            db.session.commit()  # a job that forgot to commit must not lose its work
+    except JobInterrupted as exc:
+        db.session.rollback()
+        duration = round(time.perf_counter() - started, 3)
+        try:
+            finish_run(run_id, STATUS_INTERRUPTED, dict(details, duration_s=duration), str(exc))
+        except Exception:  # the row stays "running"; the next run marks it abandoned
+            logger.exception("could not record the interruption of run %s", run_id)
+        events.emit("job_interrupted", f"job {job.name} {exc}", **fields, level=logging.WARNING,
+                    status=STATUS_INTERRUPTED, duration_s=duration)
+        raise
     except Exception as exc:
         error = traceback.format_exc()
         db.session.rollback()
@@ -135,7 +165,7 @@ def _run(job: Job, run_id: int, trigger: str, scheduled_for: datetime, details: 
 
 
 def run_job_now(name: str, actor: str, *, trigger: str, **params: Any) -> dict[str, Any]:
-    """Run job ``name`` right now in this process, on behalf of ``actor``; ``trigger`` is ``cli`` or ``api``.
+    """Run job ``name`` right now in this process, on behalf of ``actor``; ``trigger`` is ``cli``, ``api`` or ``drift``.
 
     Needs an app context.  Returns ``job``, ``run_id``, ``trigger``,
     ``scheduled_for``, ``status`` ("success"), ``duration_s`` and ``result``.
@@ -146,8 +176,8 @@ def run_job_now(name: str, actor: str, *, trigger: str, **params: Any) -> dict[s
     function (e.g. ``metric_type`` for training).
     """
     job = get_job(name)
-    if trigger not in (TRIGGER_CLI, TRIGGER_API):
-        raise InvalidInput("trigger", f"must be {TRIGGER_CLI} or {TRIGGER_API} (got {trigger!r})")
+    if trigger not in ON_DEMAND:
+        raise InvalidInput("trigger", f"must be one of {', '.join(ON_DEMAND)} (got {trigger!r})")
     app = current_app._get_current_object()
     lock = job_lock(name, app)
     if not lock.try_acquire():
@@ -194,6 +224,9 @@ def run_scheduled_tick(app: Flask, name: str, scheduled_for: datetime) -> dict[s
                         return {"job": name, "scheduled_for": scheduled_for.isoformat(), "status": "claimed_elsewhere"}
                     try:
                         return _run(job, run_id, TRIGGER_SCHEDULE, scheduled_for, details, SCHEDULER_ACTOR, {})
+                    except JobInterrupted as exc:  # recorded by _run; the process is stopping
+                        return {"job": name, "run_id": run_id, "scheduled_for": scheduled_for.isoformat(),
+                                "status": STATUS_INTERRUPTED, "error": str(exc)}
                     except Exception as exc:  # recorded and logged by _run; later ticks go on
                         return {"job": name, "run_id": run_id, "scheduled_for": scheduled_for.isoformat(),
                                 "status": STATUS_FAILED, "error": one_line(exc)}

@@ -34,6 +34,7 @@ from flask import Flask
 
 from utils.ml import events
 from utils.ml.jobs.definitions import JOBS
+from utils.ml.jobs.interrupt import request_stop, wait_for_jobs
 from utils.ml.jobs.leader import LeaderElector
 from utils.ml.jobs.locks import LEADER_LOCK_CLASS, LEADER_LOCK_NAME, make_lock
 from utils.ml.jobs.runner import run_scheduled_tick, tick_for
@@ -46,6 +47,8 @@ EXTENSION_KEY = "ml_scheduler"
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 _start_lock = threading.Lock()
+# How long a stopping scheduler waits for a running job to reach its next safe point.
+SHUTDOWN_WAIT_SECONDS = 3.0
 
 
 def misfire_grace_seconds(interval: float) -> int:
@@ -111,17 +114,28 @@ class MLScheduler:
             return None
         return run_scheduled_tick(self.app, name, scheduled_for)
 
-    def shutdown(self, wait: bool = True) -> None:
-        """Stop ticking, let running jobs finish (``wait``), then give leadership up."""
+    def shutdown(self, wait: bool = True, timeout: float = SHUTDOWN_WAIT_SECONDS) -> bool:
+        """Stop ticking, wait for running jobs (``wait``, at most ``timeout`` seconds), then give
+        leadership up.
+
+        A process that is stopping calls :func:`~utils.ml.jobs.interrupt.request_stop` first
+        (the signal paths do), so a running job stops at its next safe point within the wait;
+        one that has not by then is recorded as abandoned by the next run.
+        Returns False when a job was still running at the end of the wait.
+        """
         if self._stopping.is_set():
-            return
+            return True
         self._stopping.set()
+        finished = True
         try:
             if self._aps.running:
-                self._aps.shutdown(wait=wait)
+                self._aps.shutdown(wait=False)
+            if wait:  # every job of this process: ticks, and API calls running one in a request thread
+                finished = wait_for_jobs(timeout)
         finally:
             self.elector.stop()
             events.emit("scheduler_stopped", f"scheduler stopped in pid {os.getpid()}", pid=os.getpid())
+        return finished
 
     def describe(self) -> dict[str, Any]:
         jobs = {}
@@ -151,13 +165,26 @@ def start_scheduler(app: Flask) -> MLScheduler:
         return scheduler
 
 
-def stop_scheduler(app: Flask, wait: bool = True) -> None:
-    """Stop this process's scheduler for ``app``, if one runs, and release leadership."""
+def stop_scheduler(app: Flask, wait: bool = True) -> bool:
+    """Stop this process's scheduler for ``app``, if one runs, and release leadership;
+    False when a job was still running after the bounded wait."""
     with _start_lock:
         scheduler = app.extensions.get(EXTENSION_KEY)
         app.extensions[EXTENSION_KEY] = None
     if scheduler is not None:
-        scheduler.shutdown(wait=wait)
+        return scheduler.shutdown(wait=wait)
+    return True
+
+
+def exit_now_if_stuck(finished: bool) -> None:
+    """A stopping process whose job did not reach a safe point in time exits at once: the
+    interpreter would otherwise wait for that thread (a fit can take minutes), and a
+    supervisor would SIGKILL it.  Its run row is marked abandoned by the next run."""
+    if finished:
+        return
+    logger.warning("a job did not reach a safe point within %ss; exiting without it", SHUTDOWN_WAIT_SECONDS)
+    logging.shutdown()
+    os._exit(0)
 
 
 def start_for_web_worker(wsgi_app: Any) -> Optional[MLScheduler]:
@@ -171,9 +198,10 @@ def start_for_web_worker(wsgi_app: Any) -> Optional[MLScheduler]:
 
 
 def stop_for_web_worker(wsgi_app: Any) -> None:
-    """gunicorn ``worker_exit``: stop this worker's scheduler (if it started one)."""
-    if isinstance(wsgi_app, Flask):
-        stop_scheduler(wsgi_app)
+    """gunicorn ``worker_exit``: interrupt this worker's jobs, stop its scheduler (if it started one)."""
+    request_stop()
+    finished = stop_scheduler(wsgi_app) if isinstance(wsgi_app, Flask) else True
+    exit_now_if_stuck(finished and wait_for_jobs(SHUTDOWN_WAIT_SECONDS))
 
 
 def init_app(app: Flask) -> None:

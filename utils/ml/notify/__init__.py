@@ -7,9 +7,10 @@ every message carries its idempotency key.  :func:`init_app` reads and
 checks the settings (a bad one raises a one-line ``ValueError`` at start-up),
 and registers the ``job_failed`` producer on :mod:`utils.ml.events`.
 
-Settings come from ``app.config["ML_NOTIFY"]`` when the service's settings
-table already parsed them (a dict from :func:`settings.load`), else from the
-environment overlaid with string ``ML_NOTIFY_*`` values of ``app.config``.
+Settings are the ``ML_NOTIFY_*`` rows of the service's settings table
+(:mod:`utils.settings`), read into ``app.config`` by ``create_app``; string
+values a test config put there are parsed here.  ``app.config["ML_NOTIFY"]``
+(a dict from :func:`settings.load`), when present, wins.
 """
 from __future__ import annotations
 
@@ -38,16 +39,18 @@ def settings_for(app: Flask) -> dict:
     """The typed settings for ``app`` (see the module docstring for where they come from)."""
     if "ML_NOTIFY" in app.config:
         return dict(app.config["ML_NOTIFY"])
-    raw = {name: value for name, value in os.environ.items() if name.startswith("ML_NOTIFY_")}
-    for name, value in app.config.items():
-        if name.startswith("ML_NOTIFY_"):
-            if not isinstance(value, str):
-                raise ValueError(f"{name}={value!r}: app.config overrides must be strings, as in the environment")
-            raw[name] = value
-    return notify_settings.load(raw)
+    # create_app put the typed values of the settings table here; a test
+    # config may override some with strings, which are parsed (and the rules
+    # between settings checked) now.
+    given = {name: app.config[name] for name in notify_settings.BY_NAME if name in app.config}
+    missing = {name: os.environ[name] for name in notify_settings.BY_NAME
+               if name not in app.config and name in os.environ}
+    return notify_settings.load({**missing, **given})
 
 
 def init_app(app: Flask) -> None:
-    """Load and check the settings, keep them on the app, register the ``job_failed`` producer."""
+    """Load and check the settings, keep them on the app, register the ``job_failed`` producer and
+    ``flask ml notify-test``."""
     app.extensions[EXTENSION] = NotifyState(settings=settings_for(app))
     events.add_listener(on_event)
+    register_cli(app)  # flask ml notify-test

@@ -34,6 +34,22 @@ def notify_incident(incident_id: int, severity: str, payload: Mapping[str, Any],
                    subject=subject or f"incident {incident_id} ({severity})", session=session)
 
 
+def incident_opened(incident: Any, *, session: Optional[Executor] = None) -> list[int]:
+    """An incident (``utils.ml.incidents.models.MLIncident``) opened or rose in severity: key ``incident:<id>``.
+
+    A no-op without the notification extension (an app that did not init it).
+    """
+    if not has_app_context() or current_app.extensions.get(EXTENSION) is None:
+        return []
+    payload = {"incident_id": incident.id, "metric_type": incident.metric_type, "entity_id": incident.entity_id,
+               "severity": incident.severity, "started_at": incident.started_at.isoformat(),
+               "alert_count": incident.alert_count, "peak_score": incident.peak_score,
+               "peak_value": incident.peak_value}
+    who = f"entity {incident.entity_id}" if incident.entity_id is not None else "no entity"
+    return notify_incident(incident.id, incident.severity, payload, session=session,
+                           subject=f"{incident.severity} incident {incident.id}: {incident.metric_type} {who}")
+
+
 def notify_gate_decision(model_type: str, metric_type: str, challenger_id: int, decision: str,
                          payload: Mapping[str, Any], *, subject: Optional[str] = None,
                          session: Optional[Executor] = None) -> list[int]:

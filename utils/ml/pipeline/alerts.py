@@ -86,6 +86,7 @@ def alert_to_dict(alert: MLAlert) -> dict[str, Any]:
         "read_at": as_utc(alert.read_at),
         "is_false_positive": bool(alert.is_false_positive),
         "false_positive_at": as_utc(alert.false_positive_at),
+        "incident_id": alert.incident_id,
     }
 
 

@@ -8,7 +8,6 @@ arrays scoring needs.  A value that is not a finite number is refused with
 """
 from __future__ import annotations
 
-import io
 import math
 import queue
 import threading
@@ -30,6 +29,13 @@ class ObservationBatch:
     entity_ids: np.ndarray  # float, NaN where unknown
     observation_ids: Optional[np.ndarray] = None
     has_entities: bool = False
+    # Scan pages only: the last id read (None for an empty page) and how many
+    # rows read were dropped as unusable (see utils.ml.pipeline.bad_rows), so
+    # the watermark steps over a bad row once instead of re-reading it forever.
+    last_read_id: Optional[int] = None
+    dropped: int = 0
+    # Observation times, UTC epoch seconds (float): what causal scoring orders by; None when unknown.
+    timestamps: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
@@ -39,7 +45,8 @@ class ObservationBatch:
         return observation_matrix(self.entity_ids, self.values)
 
     @classmethod
-    def from_arrays(cls, values: Any, entity_ids: Any = None, observation_ids: Any = None) -> "ObservationBatch":
+    def from_arrays(cls, values: Any, entity_ids: Any = None, observation_ids: Any = None,
+                    timestamps: Any = None) -> "ObservationBatch":
         values = np.asarray(values, dtype=float).reshape(-1)
         if not np.all(np.isfinite(values)):
             bad = int(np.flatnonzero(~np.isfinite(values))[0])
@@ -49,7 +56,8 @@ class ObservationBatch:
         else:
             entities = np.asarray(entity_ids, dtype=float).reshape(-1)
         ids = None if observation_ids is None else np.asarray(observation_ids, dtype=np.int64).reshape(-1)
-        return cls(values, entities, ids, has_entities=entity_ids is not None)
+        times = None if timestamps is None else np.asarray(timestamps, dtype=float).reshape(-1)
+        return cls(values, entities, ids, has_entities=entity_ids is not None, timestamps=times)
 
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> "ObservationBatch":
@@ -115,22 +123,23 @@ def _finite(value: Any, index: int) -> float:
 #
 # A page is ``metric_type``'s rows with ``after < id <= upper``, the first
 # ``limit`` of them by id (keyset paging on idx_ml_metrics_type_id).
-# PostgreSQL sends the page as binary COPY, which numpy reads in one pass:
-# about three times faster than fetching tuples and six times less time
-# holding the GIL, which matters when the page is read on a second thread
-# while the first one scores (:class:`BatchReader` below).
+# PostgreSQL sends the page as ONE bytea value: each row packed server-side
+# into 32 fixed-width big-endian bytes (int8send/float8send), which numpy reads
+# in one pass.  That is what made binary COPY fast (no Python tuple per row,
+# little time holding the GIL, which matters when the page is read on a second
+# thread while the first one scores: :class:`BatchReader` below), and unlike
+# COPY it works under the process's psycopg2 wait callback (utils.db_bounds),
+# which refuses COPY.
 
-_PAGE_SQL = ("SELECT id, entity_id, metric_value FROM ml_metrics "
+_PAGE_SQL = ("SELECT id, entity_id, metric_value, {ts} FROM ml_metrics "
              "WHERE metric_type = {p} AND id > {p} AND id <= {p} ORDER BY id LIMIT {p}")
-# Every column is cast to a fixed-width binary type and a missing entity
-# becomes NaN, so each row has the same 38 bytes.  ORDER BY names the table's
-# column: the output column ``id`` is the int8 cast, which no index serves.
-_COPY_SQL = ("COPY (SELECT id::int8, coalesce(entity_id::float8, 'NaN'), metric_value::float8 FROM ml_metrics "
-             "WHERE metric_type = %s AND id > %s AND id <= %s ORDER BY ml_metrics.id LIMIT %s) "
-             "TO STDOUT (FORMAT binary)")
-_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
-_COPY_ROW = np.dtype([("fields", ">i2"), ("len_id", ">i4"), ("id", ">i8"), ("len_entity", ">i4"),
-                      ("entity", ">f8"), ("len_value", ">i4"), ("value", ">f8")])
+# A missing entity, value or time becomes NaN, so every row has the same width.
+_PACKED_SQL = ("SELECT string_agg(int8send(id) || float8send(coalesce(entity_id::float8, 'NaN')) "
+               "|| float8send(coalesce(metric_value::float8, 'NaN')) "
+               "|| float8send(coalesce(CAST(EXTRACT(EPOCH FROM timestamp) AS float8), 'NaN')), ''::bytea ORDER BY id) "
+               "FROM (SELECT id, entity_id, metric_value, timestamp FROM ml_metrics "
+               "WHERE metric_type = %s AND id > %s AND id <= %s ORDER BY id LIMIT %s) AS page")
+_PACKED_ROW = np.dtype([("id", ">i8"), ("entity", ">f8"), ("value", ">f8"), ("ts", ">f8")])
 
 
 def read_page(dbapi_connection: Any, dialect_name: str, metric_type: str, after: int, upper: int,
@@ -139,34 +148,44 @@ def read_page(dbapi_connection: Any, dialect_name: str, metric_type: str, after:
     cursor = dbapi_connection.cursor()
     try:
         if dialect_name == "postgresql":
-            buffer = io.BytesIO()
-            cursor.copy_expert(cursor.mogrify(_COPY_SQL, (metric_type, after, upper, limit)).decode(), buffer)
-            return decode_copy(buffer.getbuffer())
+            cursor.execute(_PACKED_SQL, (metric_type, after, upper, limit))
+            return decode_packed(cursor.fetchone()[0])
+        from utils.ml.pipeline.history import epoch_sql
+
         placeholder = "%s" if dialect_name != "sqlite" else "?"
-        cursor.execute(_PAGE_SQL.format(p=placeholder), (metric_type, after, upper, limit))
+        cursor.execute(_PAGE_SQL.format(p=placeholder, ts=epoch_sql(dialect_name)), (metric_type, after, upper, limit))
         rows = cursor.fetchall()
     finally:
         cursor.close()
     # None -> NaN in the same C-level pass; float64 holds ids exactly up to 2**53.
-    table = np.array(rows, dtype=float).reshape(-1, 3)
-    return ObservationBatch.from_arrays(table[:, 2], table[:, 1], table[:, 0].astype(np.int64))
+    table = np.array(rows, dtype=float).reshape(-1, 4)
+    return _page(table[:, 2], table[:, 1], table[:, 0].astype(np.int64), table[:, 3])
 
 
-def decode_copy(data: Any) -> ObservationBatch:
-    """The batch in a binary COPY of ``_COPY_SQL``; ValueError if the bytes are not that layout."""
+def _page(values: np.ndarray, entity_ids: np.ndarray, observation_ids: np.ndarray,
+          timestamps: np.ndarray) -> ObservationBatch:
+    """A scan page without its unusable rows (non-finite value or no time), remembering the last id read."""
+    ok = np.isfinite(values) & np.isfinite(timestamps)
+    dropped = int(ok.size - int(ok.sum()))
+    last_read_id = int(observation_ids[-1]) if observation_ids.size else None
+    if dropped:
+        values, entity_ids, observation_ids, timestamps = (values[ok], entity_ids[ok], observation_ids[ok],
+                                                           timestamps[ok])
+    page = ObservationBatch(values, entity_ids, observation_ids, has_entities=True, timestamps=timestamps)
+    page.last_read_id, page.dropped = last_read_id, dropped
+    return page
+
+
+def decode_packed(data: Any) -> ObservationBatch:
+    """The page in a ``_PACKED_SQL`` value (None: no rows); ValueError if the bytes are not whole rows."""
+    if data is None:
+        data = b""
     view = memoryview(data)
-    if len(view) < 21 or bytes(view[:11]) != _COPY_SIGNATURE or bytes(view[-2:]) != b"\xff\xff":
-        raise ValueError("not a binary COPY stream (bad signature or trailer)")
-    start = 19 + int.from_bytes(view[15:19], "big")  # header: signature, flags, extension length
-    body = view[start:-2]
-    if len(body) % _COPY_ROW.itemsize:
-        raise ValueError(f"binary COPY body of {len(body)} bytes is not whole rows of {_COPY_ROW.itemsize}")
-    rows = np.frombuffer(body, dtype=_COPY_ROW)
-    if not (np.all(rows["fields"] == 3) and np.all(rows["len_id"] == 8) and np.all(rows["len_entity"] == 8)
-            and np.all(rows["len_value"] == 8)):
-        raise ValueError("binary COPY rows are not (int8, float8, float8)")
-    return ObservationBatch.from_arrays(rows["value"].astype(float), rows["entity"].astype(float),
-                                        rows["id"].astype(np.int64))
+    if len(view) % _PACKED_ROW.itemsize:
+        raise ValueError(f"packed page of {len(view)} bytes is not whole rows of {_PACKED_ROW.itemsize}")
+    rows = np.frombuffer(view, dtype=_PACKED_ROW)
+    return _page(rows["value"].astype(float), rows["entity"].astype(float), rows["id"].astype(np.int64),
+                 rows["ts"].astype(float))
 
 
 # A page read on the reader's own connection may take at most this long
@@ -233,7 +252,7 @@ class BatchReader:
             raise item
         if start != after:  # cannot happen: pages are queued in order from where the thread started
             raise RuntimeError(f"scan reader out of step: page after {start}, wanted after {after}")
-        self._next_after = int(item.observation_ids[-1]) if len(item) else None
+        self._next_after = item.last_read_id
         return item
 
     def close(self) -> None:
@@ -279,16 +298,16 @@ class BatchReader:
             with self.engine.connect() as connection:
                 while not (halt.is_set() or self.stop.is_set()):
                     if after >= self.upper:
-                        page = ObservationBatch.from_arrays([], [], [])
+                        page = _page(np.empty(0), np.empty(0), np.empty(0, dtype=np.int64), np.empty(0))
                     else:
                         with connection.begin():
                             connection.exec_driver_sql(f"SET LOCAL statement_timeout = {READ_TIMEOUT_MS}")
                             page = read_page(connection.connection.dbapi_connection, "postgresql",
                                              self.metric_type, after, self.upper, self.limit)
                         self.pages_read += 1
-                    if not put((after, page)) or len(page) == 0:
+                    if not put((after, page)) or page.last_read_id is None:
                         return
-                    after = int(page.observation_ids[-1])
+                    after = page.last_read_id
         except BaseException as exc:  # handed to the scan, which raises it where the page was wanted
             put((after, exc))
 

@@ -41,6 +41,7 @@ from typing import Any, Iterable, Iterator, Optional
 import numpy as np
 from sqlalchemy import text
 
+from utils.db_bounds import wait_callback_suspended
 from utils.extensions import db
 from utils.ml import events
 from utils.ml.pipeline.observations import DOLUM_SURE, STOK_SEVIYE, TUKETIM_MIKTAR, bulk_insert
@@ -252,8 +253,9 @@ def generate_demo_data(rooms: int = 120, products: int = 40, attendants: int = 8
         rows = ((names[metric[i]], int(entity[i]), float(value[i]), ts, labels_json[int(kind[i])])
                 for i, ts in zip(order, stamps))
         try:
-            count = _copy_rows(rows)
-            db.session.commit()
+            with wait_callback_suspended():  # psycopg2 refuses COPY under a wait callback
+                count = _copy_rows(rows)
+                db.session.commit()
         except BaseException:
             db.session.rollback()
             raise

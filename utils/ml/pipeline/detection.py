@@ -7,13 +7,23 @@ once and scores many batches with it (:mod:`utils.ml.pipeline.scoring`):
    (``ModelManager.load_active``: cached, checksum-verified);
 2. ``isolation_forest_db`` — the active row's BLOB (legacy rows, and migrated
    rows whose file is gone: ``ModelManager.load_model_from_database``);
-3. ``z_score`` — a robust Z-score (median / MAD) against the metric's recent
-   history (:func:`load_reference_values`), which needs no model at all.
+3. ``z_score`` — no model: a per-entity robust Z-score against each entity's
+   own recent history (:func:`~utils.ml.pipeline.scoring.score_entity_zscore`);
+   plain numbers (no entity: an old caller) get the pooled robust Z-score
+   against the metric's recent values (:func:`load_reference_values`) instead.
+
+A model of feature version 2 (the causal per-entity detector) scores each
+batch against each entity's history before it, which the chain asks its
+``history_loader`` for (once per batch); older models score as they always
+did.  The ``method`` names stay those of the contract: where the model came
+from (file or database), or ``z_score``.
 
 Every step down the chain logs a WARNING naming the reason, through
 ``events.emit("model_fallback", ...)``, and the result lists the reasons.  A
-model that loads but fails when scoring (for instance one fitted on fewer
-features than detection computes) falls back too.
+model that loads but fails when scoring falls back too.  A model whose input
+this service cannot compute (the minibar app's aggregate-feature models,
+``utils.ml.store.signature``) is never used: reason ``incompatible_input``,
+and the chain goes straight to the Z-score (its BLOB is the same model).
 """
 from __future__ import annotations
 
@@ -28,7 +38,16 @@ from sqlalchemy import select
 from utils.ml import events
 from utils.ml.pipeline.batch import ObservationBatch
 from utils.ml.pipeline.features import MODEL_TYPE
-from utils.ml.pipeline.scoring import Scores, score_with_model, score_with_zscore
+from utils.ml.store.legacy import INCOMPATIBLE
+from utils.ml.pipeline.history import History, empty_history
+from utils.ml.pipeline.scoring import (
+    Scores,
+    is_causal_model,
+    score_causal,
+    score_entity_zscore,
+    score_with_model,
+    score_with_zscore,
+)
 from utils.models import METHOD_DB, METHOD_FILE, METHOD_ZSCORE, MLMetric
 from utils.settings import current
 from utils.time import utcnow
@@ -65,7 +84,7 @@ class DetectionResult:
     results: list[dict[str, Any]]
     metric_type: Optional[str] = None
     source: str = "none"  # where the model came from: cache, file, database or none
-    threshold: Optional[float] = None
+    threshold: Optional[float] = None  # None when thresholds are per value (then each result has one)
 
     @property
     def anomalies(self) -> list[dict[str, Any]]:
@@ -110,11 +129,15 @@ class DetectorChain:
 
     def __init__(self, manager: Any, metric_type: str, *, model_type: str = MODEL_TYPE,
                  reference_loader: Optional[Callable[[], np.ndarray]] = None,
+                 history_loader: Optional[Callable[[ObservationBatch], History]] = None,
                  stages: Sequence[str] = STAGES) -> None:
         self.manager = manager
         self.metric_type = metric_type
         self.model_type = model_type
         self.reference_loader = reference_loader
+        self.history_loader = history_loader
+        self.pooled_zscore = False  # True: the Z-score step uses the reference values, never per entity
+        self._history: Optional[tuple[int, History]] = None  # (id of the batch, its history)
         self.stages = list(stages)
         self.fallback_reasons: list[str] = []
         self.load_ms = 0.0
@@ -159,6 +182,9 @@ class DetectorChain:
                 self.method, self.model, self.model_id, self.source = method, outcome.model, outcome.model_id, \
                     outcome.source
                 return
+            if outcome.reason == INCOMPATIBLE and METHOD_ZSCORE in self.stages:
+                # The same row whichever store it comes from: skip to the Z-score.
+                self._stage = self.stages.index(METHOD_ZSCORE) - 1
             self._fall_back(method, outcome.reason or "not_loaded", outcome.detail, outcome.model_id)
         self.method = None
 
@@ -173,6 +199,13 @@ class DetectorChain:
             return self._reference
         return batch.values
 
+    def history(self, batch: ObservationBatch) -> History:
+        """Each entity's history before ``batch`` (from ``history_loader``; read once per batch)."""
+        if self._history is None or self._history[0] != id(batch):
+            loaded = self.history_loader(batch) if self.history_loader is not None else empty_history()
+            self._history = (id(batch), loaded)
+        return self._history[1]
+
     def score(self, batch: ObservationBatch) -> Scores:
         """Score ``batch`` with the current stage, stepping down on failure."""
         self.ensure_loaded()
@@ -180,8 +213,12 @@ class DetectorChain:
             if self.method is None:
                 raise ModelUnavailableError(self.metric_type, self.fallback_reasons)
             if self.method == METHOD_ZSCORE:
-                return score_with_zscore(batch.values, self.reference(batch))
+                if batch.timestamps is None or self.pooled_zscore or not batch.has_entities:
+                    return score_with_zscore(batch.values, self.reference(batch))
+                return score_entity_zscore(batch, self.history(batch))
             try:
+                if is_causal_model(self.model):
+                    return score_causal(self.model, batch, self.history(batch))
                 return score_with_model(self.model, batch.matrix)
             except Exception as exc:  # any failure of a model at predict time means: do not trust it
                 self._fall_back(self.method, "predict_failed", f"{type(exc).__name__}: {exc}", self.model_id)
@@ -190,14 +227,18 @@ class DetectorChain:
     def result(self, batch: ObservationBatch, scores: Scores) -> DetectionResult:
         rows: list[dict[str, Any]] = []
         expected = scores.expected
+        per_value = np.ndim(scores.threshold) > 0
         for i in range(len(batch)):
             row: dict[str, Any] = {
                 "value": float(batch.values[i]),
                 "is_anomaly": bool(scores.is_anomaly[i]),
                 "score": float(scores.score[i]),
                 "severity": scores.severity[i],
-                "expected_value": None if expected is None else float(expected[i]),
+                # NaN: the entity is still warming up (too few earlier observations for a baseline).
+                "expected_value": None if expected is None or np.isnan(expected[i]) else float(expected[i]),
             }
+            if per_value:
+                row["threshold"] = float(scores.threshold[i])
             if batch.has_entities:
                 entity = batch.entity_ids[i]
                 row["entity_id"] = None if np.isnan(entity) else int(entity)
@@ -207,5 +248,5 @@ class DetectorChain:
         return DetectionResult(
             method=self.method or METHOD_ZSCORE, model_id=self.model_id, fallback_reasons=list(self.fallback_reasons),
             load_ms=round(self.load_ms, 3), results=rows, metric_type=self.metric_type, source=self.source,
-            threshold=float(scores.threshold),
+            threshold=None if per_value else float(scores.threshold),
         )

@@ -23,12 +23,13 @@ import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Annotated, Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, ValidationError, field_validator
+from typing_extensions import TypeAliasType
 
 from utils.extensions import db
-from utils.ml.validation import MAX_ROW_ID, InvalidInput, check_name, rule_text
+from utils.ml.validation import MAX_ROW_ID, NUL_FREE_PATTERN, NUL_RULE, InvalidInput, check_name, rule_text
 from utils.models import METRIC_TYPE_PATTERN, MLMetric
 
 # Metric types the ML subsystem writes about itself.  The one place they are
@@ -48,6 +49,38 @@ _REQUIRED_CSV_COLUMNS = ("metric_type", "metric_value", "timestamp")
 INSERT_CHUNK = 5000
 # PostgreSQL INTEGER: an entity id beyond it would fail at insert, not at validation.
 _MAX_ENTITY_ID = MAX_ROW_ID
+
+
+# extra_data is any JSON object whose keys and strings, at any depth, hold no NUL.
+# The recursive type is what the OpenAPI document declares (so a client, or a
+# fuzzer generating "valid" bodies, knows the rule); the check itself is
+# _check_extra_data, which names one rule instead of every branch of a union.
+NulFreeText = Annotated[str, StringConstraints(pattern=NUL_FREE_PATTERN)]
+ExtraValue = TypeAliasType(
+    "ExtraValue",
+    Union[NulFreeText, int, float, bool, None, list["ExtraValue"], dict[NulFreeText, "ExtraValue"]],  # type: ignore[misc]
+)
+
+
+def _check_extra_data(value: Any) -> Optional[dict[str, Any]]:
+    """``extra_data``: None or a JSON object without NaN/Infinity and without NUL anywhere."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON object (a dictionary), or null")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"must be JSON-serialisable without NaN/Infinity ({exc})") from None
+    # PostgreSQL's jsonb cannot hold U+0000 (and a legacy json column makes
+    # every later ->> of the row fail for the whole query).
+    if _has_nul(value):
+        raise ValueError(f"{NUL_RULE} in any key or string")
+    return value
+
+
+ExtraData = Annotated[Optional[dict[str, Any]],
+                      PlainValidator(_check_extra_data, json_schema_input_type=Optional[dict[NulFreeText, ExtraValue]])]
 
 
 class ObservationValidationError(InvalidInput):
@@ -82,7 +115,7 @@ class ObservationIn(BaseModel):
                                      description="product, room or attendant id")
     metric_value: float = Field(allow_inf_nan=False)
     timestamp: datetime
-    extra_data: Optional[dict[str, Any]] = None
+    extra_data: ExtraData = None
 
     @field_validator("metric_type")
     @classmethod
@@ -118,21 +151,6 @@ class ObservationIn(BaseModel):
             return value.astimezone(timezone.utc)
         except OverflowError:  # year 1 with a positive offset runs off the calendar
             raise ValueError("must be a date-time between years 1 and 9999 in UTC") from None
-
-    @field_validator("extra_data")
-    @classmethod
-    def _json_serialisable(cls, value: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
-        if value is None:
-            return None
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"must be JSON-serialisable without NaN/Infinity ({exc})") from None
-        # PostgreSQL's jsonb cannot hold U+0000: one such row would make every
-        # later read of its text (training's label lookup) fail for the whole type.
-        if _has_nul(value):
-            raise ValueError("must not contain the NUL character (\\u0000) in any key or string")
-        return value
 
     def to_row(self) -> dict[str, Any]:
         return self.model_dump()
@@ -236,6 +254,9 @@ def ingest_observations(items: list[dict[str, Any]], *, max_items: int = 10000) 
 def _csv_value(column: str, raw: Optional[str]) -> Any:
     """Turn a CSV cell into what :class:`ObservationIn` validates; raise ValueError with the rule."""
     text = (raw or "").strip()
+    # PostgreSQL text cannot hold U+0000: say so, rather than a parser's "control character".
+    if "\x00" in text:
+        raise ValueError(NUL_RULE)
     if column == "entity_id":
         if text == "":
             return None

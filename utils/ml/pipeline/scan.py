@@ -11,10 +11,15 @@
 * they are read and scored in batches of ``ML_SCAN_BATCH_SIZE`` with one
   :class:`~utils.ml.pipeline.detection.DetectorChain` (the model is loaded
   once per metric type, features are computed for the whole batch at once);
+  scoring is causal: each observation against its own entity's observations
+  before it, whose last 48 (up to the watermark) are read once per entity and
+  carried from batch to batch (:class:`~utils.ml.pipeline.history.HistoryCache`);
 * each batch is one transaction: lock the watermark row (``UPDATE ...
   RETURNING``, which also takes SQLite's write lock), read the batch from the
-  locked watermark, insert one ``ml_alerts`` row per anomaly with ``INSERT ...
-  ON CONFLICT (observation_id) DO NOTHING``, advance the watermark, commit.
+  locked watermark, group the new anomalies into incidents
+  (:mod:`utils.ml.incidents.grouping`), insert one ``ml_alerts`` row per anomaly
+  (with its ``incident_id``) with ``INSERT ... ON CONFLICT (observation_id) DO
+  NOTHING``, advance the watermark, commit.
   A crash loses at most the uncommitted batch, which the next scan redoes;
   two scans running at once serialise on the watermark row, and even a
   duplicate attempt cannot create a second alert for an observation: the
@@ -30,35 +35,26 @@ import logging
 import time
 from typing import Any, Optional
 
-import numpy as np
 from sqlalchemy import func, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from utils.extensions import db
 from utils.ml import events
+from utils.ml.jobs.interrupt import JobInterrupted, checkpoint
 from utils.ml.anomaly_detector import AnomalyDetector
-from utils.ml.pipeline.batch import BatchReader, ObservationBatch
+from utils.ml.pipeline import bad_rows
+from utils.ml.pipeline.alert_rows import dialect_insert, insert_alerts, record_alerts
+from utils.ml.pipeline.batch import BatchReader
 from utils.ml.pipeline.detection import DetectorChain, load_reference_values
 from utils.ml.pipeline.features import MODEL_TYPE
-from utils.ml.pipeline.scoring import Scores
+from utils.ml.pipeline.history import HistoryCache, entity_codes
 from utils.ml.pipeline.observations import INTERNAL_METRIC_TYPES, MODEL_LOAD_TIME, check_observed_metric_type
-from utils.models import MLAlert, MLMetric, ScanWatermark
+from utils.models import MLMetric, ScanWatermark
 from utils.settings import current
 from utils.time import utcnow
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["INTERNAL_METRIC_TYPES", "run_scan", "scan_metric_type", "pending_metric_types", "insert_alerts"]
-
-
-def _dialect_insert(table: Any):
-    """``INSERT`` construct of the session's dialect (both have ``on_conflict_do_nothing``)."""
-    name = db.session.get_bind().dialect.name
-    if name == "postgresql":
-        return postgresql.insert(table)
-    if name == "sqlite":
-        return sqlite.insert(table)
-    raise RuntimeError(f"unsupported database dialect {name!r}: PostgreSQL or SQLite expected")
 
 
 def pending_metric_types() -> list[str]:
@@ -79,7 +75,7 @@ def pending_metric_types() -> list[str]:
 
 
 def _ensure_watermark(metric_type: str) -> None:
-    stmt = _dialect_insert(ScanWatermark.__table__).values(
+    stmt = dialect_insert(ScanWatermark.__table__).values(
         metric_type=metric_type, last_observation_id=0, updated_at=utcnow()
     ).on_conflict_do_nothing(index_elements=["metric_type"])
     db.session.execute(stmt)
@@ -95,50 +91,6 @@ def _lock_watermark(metric_type: str) -> int:
     ).scalar_one()
 
 
-def _alert_rows(metric_type: str, batch: ObservationBatch, scores: Scores, chain: DetectorChain) -> list[dict]:
-    detected_at = utcnow()
-    rows = []
-    for i in np.flatnonzero(scores.is_anomaly):
-        value = float(batch.values[i])
-        entity = None if np.isnan(batch.entity_ids[i]) else int(batch.entity_ids[i])
-        expected = None if scores.expected is None else float(scores.expected[i])
-        deviation = None
-        if expected is not None and expected != 0:
-            deviation = round((value - expected) / abs(expected) * 100.0, 2)
-        who = f"entity {entity}" if entity is not None else "no entity"
-        versus = f", expected about {expected:.4g}" if expected is not None else ""
-        rows.append({
-            "metric_type": metric_type,
-            "entity_id": entity,
-            "metric_value": value,
-            "expected_value": expected,
-            "deviation_percent": deviation,
-            "severity": scores.severity[i],
-            "message": (f"{metric_type} {who}: {value:.4g}{versus} "
-                        f"(score {float(scores.score[i]):.3f}, {chain.method})"),
-            "is_read": False,
-            "is_false_positive": False,
-            "detected_at": detected_at,
-            "anomaly_score": float(scores.score[i]),
-            "method": chain.method,
-            "model_id": chain.model_id,
-            "observation_id": int(batch.observation_ids[i]),
-        })
-    return rows
-
-
-def insert_alerts(rows: list[dict[str, Any]]) -> int:
-    """Insert alert rows, skipping any whose observation already has one; return how many were new.
-
-    ``ON CONFLICT (observation_id) DO NOTHING``: the unique constraint, not a
-    prior check, decides — so concurrent or repeated scans cannot duplicate.
-    """
-    if not rows:
-        return 0
-    stmt = _dialect_insert(MLAlert.__table__).on_conflict_do_nothing(
-        index_elements=["observation_id"]
-    ).returning(MLAlert.__table__.c.id)
-    return len(db.session.execute(stmt, rows).all())
 
 
 def _record_load_time(chain: DetectorChain, metric_type: str) -> None:
@@ -194,33 +146,43 @@ def scan_metric_type(metric_type: str, *, batch_size: Optional[int] = None,
         batch_size = int(current("ML_SCAN_BATCH_SIZE"))
     detector = detector or AnomalyDetector(db)
     summary: dict[str, Any] = {"metric_type": metric_type, "scanned": 0, "alerts": 0, "duplicates_ignored": 0,
+                               "incidents_opened": 0, "history_rows": 0,
                                "batches": 0, "method": None, "model_id": None, "source": None, "load_ms": None,
-                               "fallback_reasons": [], "watermark": None, "seconds": None}
+                               "fallback_reasons": [], "watermark": None, "seconds": None, "bad_rows": 0}
     _ensure_watermark(metric_type)
     upper = settled_upper_bound(metric_type)
     summary["watermark"] = db.session.execute(
         select(ScanWatermark.last_observation_id).where(ScanWatermark.metric_type == metric_type)
     ).scalar_one()
-    chain = detector.chain(metric_type, reference_loader=lambda: load_reference_values(metric_type))
+    history = HistoryCache(db.session, metric_type)
+    chain = detector.chain(metric_type, reference_loader=lambda: load_reference_values(metric_type),
+                           history_loader=lambda b: history.for_batch(entity_codes(b.entity_ids),
+                                                                      upto_id=summary["watermark"]))
     if upper is not None and summary["watermark"] < upper:
         chain.ensure_loaded()  # once per metric type, before any lock is taken
     db.session.rollback()
     reader = BatchReader(metric_type, upper, batch_size)  # reads ahead on a second thread (PostgreSQL)
     try:
         while upper is not None and summary["watermark"] < upper:
+            checkpoint(f"between scan batches of {metric_type}")  # every batch so far is committed
             watermark = _lock_watermark(metric_type)  # re-read under the lock: another scan may have moved it
             summary["watermark"] = watermark
             if watermark >= upper:
                 db.session.rollback()
                 break
             batch = reader.fetch(watermark)
-            if len(batch) == 0:
+            last_id, dropped = batch.last_read_id, batch.dropped
+            if last_id is None:
                 db.session.rollback()
                 break
-            scores = chain.score(batch)
-            rows = _alert_rows(metric_type, batch, scores, chain)
-            inserted = insert_alerts(rows)
-            new_watermark = int(batch.observation_ids[-1])
+            summary["bad_rows"] += dropped
+            recorded = {"inserted": 0, "candidates": 0, "opened": 0}
+            if len(batch):  # a page of only unusable rows still moves the watermark past them
+                scores = chain.score(batch)
+                history.advance(entity_codes(batch.entity_ids), batch.timestamps, batch.values)
+                recorded = record_alerts(metric_type, batch, scores, chain.method, chain.model_id)
+            inserted = recorded["inserted"]
+            new_watermark = last_id
             db.session.execute(
                 update(ScanWatermark).where(ScanWatermark.metric_type == metric_type)
                 .values(last_observation_id=new_watermark, updated_at=utcnow())
@@ -230,7 +192,8 @@ def scan_metric_type(metric_type: str, *, batch_size: Optional[int] = None,
             summary["batches"] += 1
             summary["scanned"] += len(batch)
             summary["alerts"] += inserted
-            summary["duplicates_ignored"] += len(rows) - inserted
+            summary["duplicates_ignored"] += recorded["candidates"] - inserted
+            summary["incidents_opened"] += recorded["opened"]
             summary["watermark"] = new_watermark
             if inserted:
                 events.emit("alerts_raised", f"{inserted} alerts for {metric_type} ({chain.method})",
@@ -240,6 +203,8 @@ def scan_metric_type(metric_type: str, *, batch_size: Optional[int] = None,
         raise
     finally:
         reader.close()
+    bad_rows.report("anomaly_scan", metric_type, summary["bad_rows"])
+    summary["history_rows"] = history.loaded_rows
     if summary["batches"]:
         summary.update(method=chain.method, model_id=chain.model_id, source=chain.source,
                        load_ms=round(chain.load_ms, 3), fallback_reasons=list(chain.fallback_reasons))
@@ -268,6 +233,8 @@ def run_scan(metric_type: Optional[str] = None) -> dict[str, Any]:
     for name in types:
         try:
             per_type[name] = scan_metric_type(name, detector=detector)
+        except JobInterrupted:
+            raise
         except Exception as exc:  # one metric type must not stop the others
             errors += 1
             logger.exception("scan of %s failed", name)
@@ -278,6 +245,7 @@ def run_scan(metric_type: Optional[str] = None) -> dict[str, Any]:
         "metric_types": per_type,
         "scanned": sum(v.get("scanned", 0) for v in per_type.values()),
         "alerts": sum(v.get("alerts", 0) for v in per_type.values()),
+        "bad_rows": sum(v.get("bad_rows", 0) for v in per_type.values()),
         "errors": errors,
         "seconds": round(time.perf_counter() - started, 3),
     }

@@ -1,9 +1,21 @@
 """Scoring: a fitted model (or the robust Z-score) plus observations -> scores, flags and severities.
 
 The one place training and detection turn a model into scores: the trainer
-judges its held-out models with :func:`score_with_model`, and detection's
-fallback chain scores every batch with it (or with :func:`score_with_zscore`
-when no model can be trusted).  Scores are "higher = more anomalous" for both.
+judges its held-out models with these functions, and detection's fallback
+chain scores every batch with them.  Scores are "higher = more anomalous".
+
+* :func:`score_causal` — the per-entity causal detector (feature version 2,
+  :mod:`utils.ml.detector.model`): each observation against its own entity's
+  baseline from *before* it, thresholds per entity; needs the batch's
+  timestamps and each entity's recent history (:mod:`.history`);
+* :func:`score_entity_zscore` — the fallback without a model: a per-entity
+  robust Z-score on the same history (median of the entity's last 24
+  observations, MAD of its last 48, ``|z| > 5``; an entity needs 10 earlier
+  observations before it can alert);
+* :func:`score_with_model` — models saved before feature version 2 (our
+  pipelines and the legacy bare forests), exactly as they always scored;
+* :func:`score_with_zscore` — the pooled robust Z-score of the seed's
+  ``detect_with_zscore`` (an explicit reference, or the values themselves).
 """
 from __future__ import annotations
 
@@ -13,7 +25,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from sklearn.pipeline import Pipeline
 
-from utils.ml.pipeline.features import is_feature_pipeline, model_input
+from utils.ml.detector import model as causal_detector
+from utils.ml.pipeline.batch import ObservationBatch
+from utils.ml.pipeline.features import is_feature_pipeline, model_input, observation_matrix
+from utils.ml.pipeline.history import History, entity_codes
 
 # Iglewicz & Hoaglin (1993): a modified Z-score above 3.5 is a potential outlier.
 ZSCORE_THRESHOLD = 3.5
@@ -38,7 +53,7 @@ class Scores:
 
     score: np.ndarray
     is_anomaly: np.ndarray
-    threshold: float
+    threshold: Any  # one float, or per value (the causal detector's per-entity thresholds)
     expected: Optional[np.ndarray]
     severity: list[Optional[str]]
 
@@ -105,3 +120,46 @@ def score_with_zscore(values: np.ndarray, reference: Optional[np.ndarray] = None
     is_anomaly = score > threshold
     return Scores(score, is_anomaly, threshold, np.full(values.shape, median),
                   _grade(score / threshold, _ZSCORE_RATIOS, is_anomaly))
+
+
+def is_causal_model(model: Any) -> bool:
+    """True for the per-entity causal detector (feature version 2 and later)."""
+    return isinstance(model, causal_detector.TrainedDetector)
+
+
+def _from_detector(result: causal_detector.Scores) -> Scores:
+    return Scores(np.asarray(result.score, dtype=float), np.asarray(result.is_anomaly, dtype=bool),
+                  np.asarray(result.threshold, dtype=float), np.asarray(result.expected, dtype=float),
+                  list(result.severity))
+
+
+def _arrays(batch: ObservationBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if batch.timestamps is None:
+        raise ValueError("causal scoring needs the observations' timestamps")
+    return entity_codes(batch.entity_ids), batch.timestamps, batch.values
+
+
+def score_causal(model: Any, batch: ObservationBatch, history: History) -> Scores:
+    """Score ``batch`` with a causal detector against each entity's ``history`` (rows before the batch)."""
+    return _from_detector(model.score(*_arrays(batch), history=history))
+
+
+def score_entity_zscore(batch: ObservationBatch, history: History) -> Scores:
+    """The per-entity robust Z-score fallback (see the module docstring)."""
+    return _from_detector(causal_detector.fallback_scores(*_arrays(batch), history=history))
+
+
+def score_window(model: Any, entity_ids: np.ndarray, timestamps: np.ndarray, values: np.ndarray,
+                 start: int = 0) -> Scores:
+    """Score rows ``start:`` of a time-ordered window with any model this service loads.
+
+    A causal detector judges each row against its entity's rows before
+    ``start`` (the history a scan would have); a feature-version-1 pipeline
+    scores the rows alone.  The gate and the comparison score champion and
+    challenger through this one function, so both are judged the same way.
+    """
+    if is_causal_model(model):
+        codes = entity_codes(entity_ids)
+        batch = ObservationBatch.from_arrays(values[start:], entity_ids[start:], timestamps=timestamps[start:])
+        return score_causal(model, batch, (codes[:start], timestamps[:start], values[:start]))
+    return score_with_model(model, observation_matrix(entity_ids[start:], values[start:]))

@@ -84,8 +84,9 @@ class ModelStore(ABC):
         """
 
     @abstractmethod
-    def delete(self, key: str) -> int:
-        """Delete ``key``; return the bytes freed (0 if it was already gone)."""
+    def delete(self, key: str) -> Optional[int]:
+        """Delete ``key``; return the bytes really freed, or None when it was already gone
+        (so a caller counts only what it deleted)."""
 
     @abstractmethod
     def size(self, key: str) -> int | None:

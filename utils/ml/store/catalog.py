@@ -101,16 +101,23 @@ def model_detail(manager: "ModelManager", model_id: int) -> dict[str, Any]:
 
 
 def activate(manager: "ModelManager", model_id: int, actor: str, reason: Optional[str] = None) -> dict[str, Any]:
-    """Make ``model_id`` the active version of its type (promotion, or rollback to an older one).
+    """Make ``model_id`` the active version of its type (promotion, or rollback to an older one), and pin it.
 
-    :meth:`ModelManager.activate_model` does it (verified, atomic, audited;
-    the active version again is a no-op, ``changed`` false).  Raises
+    The manual path (API, CLI, dashboard): :meth:`ModelManager.activate_model`
+    does the activation (verified, atomic, audited; the active version again
+    is a no-op, ``changed`` false), then the version is pinned
+    (:mod:`utils.ml.promotion.pins`): training stops changing the type until
+    someone unpins it.  The result carries ``pinned`` (the pin).  Raises
     :class:`ModelNotFoundError`, or :class:`ActivationRefusedError` naming why
     the version cannot be activated; bad arguments raise ModelValidationError.
     """
+    from utils.ml.promotion.pins import pin
+
     try:
-        return manager.activate_model(model_id, actor=actor, reason=reason)
+        result = manager.activate_model(model_id, actor=actor, reason=reason)
     except (ModelNotFoundError, ModelValidationError):
         raise
     except ModelManagerError as exc:
         raise ActivationRefusedError(str(exc)) from exc
+    result["pinned"] = pin(manager.session, model_id, actor, reason)
+    return result

@@ -1,16 +1,18 @@
-"""The original application's models: BLOBs in ``ml_models.model_data``.
+"""The original application's models: BLOBs in ``ml_models.model_data``, and its files.
 
 Two uses: the fallback load of an active row's BLOB (:func:`load_from_database`),
-and the one-way copy of every BLOB to a verified file
+and the one-way copy of every legacy model to a verified file
 (:func:`migrate_from_database`, what ``migrate_models_to_filesystem.py`` and
-``flask ml migrate`` run).  A BLOB is the database's own bytes, which the
-legacy application unpickled as they were; a migrated row's checksum is of
-the identical file bytes, so it is verified too.
+``flask ml migrate`` run).  A BLOB without a checksum of ours is unpickled
+only under the allow-list of :mod:`~utils.ml.store.safe_load`; a migrated
+row's checksum is of the identical file bytes, so it is verified too.  The
+minibar app's ``FILE_BASED`` marker is never unpickled: its file is adopted
+(:mod:`~utils.ml.store.adopt`).  Every migrated or adopted row records its
+input signature (:mod:`~utils.ml.store.signature`).
 """
 from __future__ import annotations
 
 import gzip
-import pickle
 import time
 from typing import Any, Callable
 
@@ -19,10 +21,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, undefer
 
 from utils.ml import events
+from utils.ml.store import signature
+from utils.ml.store.adopt import adopt_one, legacy_file_rows
 from utils.ml.store.base import ModelManagerError, ModelStore, ModelTooLargeError
 from utils.ml.store.integrity import LoadOutcome, finish_load, sha256_hex, verify_file, warn_version
 from utils.ml.store.registry import discard_if_unreferenced, generate_filename, rollback_quietly
+from utils.ml.store.safe_load import FILE_BASED, restricted_loads
 from utils.models import MLModel
+
+INCOMPATIBLE = "incompatible_input"
 
 
 def load_from_database(session: Session, model_type: str, metric_type: str, max_bytes: int) -> LoadOutcome:
@@ -46,6 +53,10 @@ def load_from_database(session: Session, model_type: str, metric_type: str, max_
     session.expire(row, ["model_data"])
     if data is None:
         return finish_load(None, model_id, "none", "no_blob", started, key, f"model {model_id} has no BLOB")
+    implied = signature.of_row(signature.is_marker(data), row.parameters, row.input_signature)
+    if not signature.compatible(implied):  # never unpickled (the FILE_BASED marker is no model at all)
+        return finish_load(None, model_id, "none", INCOMPATIBLE, started, key,
+                           signature.incompatible_detail(model_id, implied))
     if len(data) > max_bytes:
         return finish_load(None, model_id, "none", "too_large", started, key,
                            f"BLOB of model {model_id} is {len(data)} bytes, over {max_bytes}")
@@ -54,10 +65,15 @@ def load_from_database(session: Session, model_type: str, metric_type: str, max_
             return finish_load(None, model_id, "none", "checksum_mismatch", started, key,
                                f"BLOB of model {model_id} does not match its recorded SHA-256")
     try:
-        model = pickle.loads(data)
+        # A BLOB is vouched for by no one but the database: model classes only.
+        model = restricted_loads(data, max_bytes)
     except Exception as exc:
         return finish_load(None, model_id, "none", "unpickle_error", started, key,
                            f"BLOB of model {model_id} could not be unpickled: {exc!r}")
+    sig = row.input_signature or signature.of_object(model, row.parameters)
+    if not signature.compatible(sig):
+        return finish_load(None, model_id, "none", INCOMPATIBLE, started, key,
+                           signature.incompatible_detail(model_id, sig))
     warn_version(model_id, row.sklearn_version)
     return finish_load(model, model_id, "database", None, started, key)
 
@@ -80,21 +96,28 @@ def migrate_from_database(session: Session, store: ModelStore, max_bytes: int, d
         select(MLModel.id, MLModel.model_type, MLModel.metric_type)
         .where(MLModel.model_data.is_not(None), MLModel.model_path.is_(None)).order_by(MLModel.id)
     ).all()
+    # The minibar app's files (a path, no checksum of ours): adopted, never counted as migrated.
+    adoptable = legacy_file_rows(session)
     # Already migrated rows that still carry their BLOB: purged on request
     # (after re-verifying the file), otherwise skipped.
     purgeable = session.execute(
         select(MLModel.id, MLModel.model_type, MLModel.metric_type)
-        .where(MLModel.model_data.is_not(None), MLModel.model_path.is_not(None)).order_by(MLModel.id)
+        # An adopted row's BLOB is the app's FILE_BASED marker, its value: never purged.
+        .where(MLModel.model_data.is_not(None), MLModel.model_path.is_not(None), MLModel.legacy_path.is_(None),
+               MLModel.checksum_sha256.is_not(None))
+        .order_by(MLModel.id)
     ).all() if purge_blobs else []
     skipped = session.execute(
         select(func.count()).select_from(MLModel).where(MLModel.model_path.is_not(None))
-    ).scalar_one() - len(purgeable)
+    ).scalar_one() - len(purgeable) - len(adoptable)
     session.rollback()  # end the read transaction before long work
-    result: dict[str, Any] = {"migrated": 0, "failed": 0, "skipped": skipped, "errors": [], "purged": 0,
+    result: dict[str, Any] = {"migrated": 0, "adopted": 0, "failed": 0, "skipped": skipped, "errors": [],
+                              "purged": 0,
                               "total_size_bytes": 0, "dry_run": dry_run, "purge_blobs": purge_blobs,
                               "models": []}
     steps: list[tuple[Any, Callable[..., dict[str, Any]]]] = \
-        [(row, _migrate_one) for row in candidates] + [(row, _purge_one) for row in purgeable]
+        [(row, _migrate_one) for row in candidates] + [(row, adopt_one) for row in adoptable] + \
+        [(row, _purge_one) for row in purgeable]
     for (row_id, model_type, metric_type), step in steps:
         line = {"id": row_id, "model_type": model_type, "metric_type": metric_type}
         try:
@@ -111,15 +134,19 @@ def migrate_from_database(session: Session, store: ModelStore, max_bytes: int, d
                 result["skipped"] += 1
             elif line["status"] in ("purged", "would_purge"):
                 result["purged"] += 1
+            elif line["status"] in ("adopted", "would_adopt"):
+                result["adopted"] += 1
+                result["total_size_bytes"] += line["size_bytes"]
             else:
                 result["migrated"] += 1
                 result["total_size_bytes"] += line["size_bytes"]
         result["models"].append(line)
     result["total_size_mb"] = round(result["total_size_bytes"] / (1024 * 1024), 3)
-    if not dry_run and (result["migrated"] or result["purged"]):
-        events.emit("models_migrated", f"Migrated {result['migrated']} models from database to filesystem",
-                    migrated=result["migrated"], failed=result["failed"], skipped=result["skipped"],
-                    purged=result["purged"])
+    if not dry_run and (result["migrated"] or result["purged"] or result["adopted"]):
+        events.emit("models_migrated", f"Migrated {result['migrated']} models from database to filesystem, "
+                    f"adopted {result['adopted']} legacy files",
+                    migrated=result["migrated"], adopted=result["adopted"], failed=result["failed"],
+                    skipped=result["skipped"], purged=result["purged"])
     return result
 
 
@@ -152,17 +179,23 @@ def _purge_one(session: Session, store: ModelStore, max_bytes: int, row_id: int,
 
 def _migrate_one(session: Session, store: ModelStore, max_bytes: int, row_id: int, dry_run: bool,
                  purge_blob: bool) -> dict[str, Any]:
-    data = session.execute(select(MLModel.model_data).where(MLModel.id == row_id)).scalar_one()
+    data, parameters = session.execute(
+        select(MLModel.model_data, MLModel.parameters).where(MLModel.id == row_id)).one()
     session.rollback()
+    data = bytes(data)
+    if data == FILE_BASED:
+        raise ModelManagerError("the FILE_BASED marker without a model_path: the minibar app's file is unknown")
     if len(data) > max_bytes:
         raise ModelTooLargeError(f"BLOB is {len(data)} bytes, over the limit of {max_bytes} bytes")
     try:
-        pickle.loads(data)  # the database's own bytes: this is what the legacy path did
+        model = restricted_loads(data, max_bytes)  # model classes only: nobody vouches for these bytes
     except Exception as exc:
         raise ModelManagerError(f"BLOB does not unpickle: {exc!r}") from exc
+    sig = signature.of_object(model, parameters)
     digest = sha256_hex(data)
     if dry_run:
-        return {"status": "would_migrate", "size_bytes": len(data), "checksum_sha256": digest}
+        return {"status": "would_migrate", "size_bytes": len(data), "checksum_sha256": digest,
+                "input_signature": sig}
 
     meta = session.execute(select(MLModel.model_type, MLModel.metric_type).where(MLModel.id == row_id)).one()
     # Byte-identical copy of the BLOB (never recompressed), so the BLOB
@@ -173,8 +206,9 @@ def _migrate_one(session: Session, store: ModelStore, max_bytes: int, row_id: in
         written = store.read(key, max_bytes)
         if written != data or sha256_hex(written) != digest:
             raise ModelManagerError(f"file {key!r} read back differs from the BLOB")
-        pickle.loads(written)
-        values: dict[str, Any] = {"model_path": key, "checksum_sha256": digest, "size_bytes": len(data)}
+        restricted_loads(written, max_bytes)
+        values: dict[str, Any] = {"model_path": key, "checksum_sha256": digest, "size_bytes": len(data),
+                                  "input_signature": sig}
         if purge_blob:
             values["model_data"] = None
         updated = session.execute(
@@ -194,4 +228,4 @@ def _migrate_one(session: Session, store: ModelStore, max_bytes: int, row_id: in
     events.emit("model_migrated", f"Migrated model {row_id} to {key}", model_id=row_id, key=key,
                 size_bytes=len(data), model_type=meta.model_type, metric_type=meta.metric_type)
     return {"status": "migrated", "size_bytes": len(data), "path": store.locate(key),
-            "checksum_sha256": digest, "blob_purged": purge_blob}
+            "checksum_sha256": digest, "blob_purged": purge_blob, "input_signature": sig}

@@ -14,7 +14,7 @@ import stat
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 from urllib.parse import urlparse
 
 from utils.ml.store.base import (
@@ -178,14 +178,16 @@ class LocalModelStore(ModelStore):
         except (FileNotFoundError, UnsafePathError):
             return None
 
-    def delete(self, key: str) -> int:
+    def delete(self, key: str) -> Optional[int]:
+        """Unlink ``key``; the bytes freed are the blocks allocated (a sparse file's apparent size is
+        not disk), and 0 while another hard link keeps them; None when the file was already gone."""
         path = self._entry(key)
         try:
-            size = path.lstat().st_size
+            st = path.lstat()
             path.unlink()
         except FileNotFoundError:
-            return 0
-        return size
+            return None
+        return st.st_blocks * 512 if st.st_nlink <= 1 else 0
 
     def _scan(self, want_temp: bool) -> Iterator[StoredFile]:
         try:
@@ -219,8 +221,15 @@ class LocalModelStore(ModelStore):
             fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".probe", dir=self.root)
         except OSError as exc:
             raise ModelStoreError(f"models directory {self.root} is not writable: {exc.strerror}") from exc
-        os.close(fd)
-        os.unlink(name)
+        try:
+            # A real byte, flushed to the device: creating an empty file succeeds on a full disk.
+            os.write(fd, b"\0")
+            os.fsync(fd)
+        except OSError as exc:
+            raise ModelStoreError(f"models directory {self.root} cannot take a 1-byte write: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+            os.unlink(name)
 
     def disk_usage(self) -> dict[str, float]:
         usage = shutil.disk_usage(self.root)

@@ -28,6 +28,7 @@ from utils.ml.store.base import (
     UnsafePathError,
 )
 from utils.ml import events
+from utils.ml.store import signature
 from utils.ml.store.integrity import library_versions, sha256_hex, verify_file
 from utils.ml.validation import MAX_ROW_ID, check_whole_number
 from utils.models import MLModel, ModelActivation
@@ -42,14 +43,14 @@ META_COLUMNS = (
     MLModel.id, MLModel.model_type, MLModel.metric_type, MLModel.model_path, MLModel.parameters,
     MLModel.training_date, MLModel.accuracy, MLModel.precision, MLModel.recall, MLModel.is_active,
     MLModel.created_at, MLModel.checksum_sha256, MLModel.size_bytes, MLModel.sklearn_version,
-    MLModel.numpy_version, MLModel.python_version,
+    MLModel.numpy_version, MLModel.python_version, MLModel.input_signature, MLModel.legacy_path,
 )
 _models = MLModel.__table__
 # A Core statement built once, run on the session's connection: the ORM's
 # per-call statement building cost more than the query itself on warm loads.
 _ACTIVE_META_SQL = select(
     _models.c.id, _models.c.model_path, _models.c.checksum_sha256, _models.c.sklearn_version,
-    _models.c.model_data.is_not(None),
+    _models.c.model_data.is_not(None), _models.c.input_signature, _models.c.parameters,
 ).where(
     _models.c.model_type == bindparam("model_type"),
     _models.c.metric_type == bindparam("metric_type"),
@@ -64,6 +65,16 @@ class ActiveMeta:
     checksum_sha256: Optional[str]
     sklearn_version: Optional[str]
     has_blob: bool
+    recorded_signature: Optional[dict[str, Any]] = None
+    parameters: Optional[dict[str, Any]] = None
+
+    @property
+    def signature(self) -> Optional[dict[str, Any]]:
+        """The recorded input signature, else what the row's parameters imply (None: known only once loaded).
+
+        (The FILE_BASED marker is looked at by the BLOB loader only: metadata queries never touch model_data.)
+        """
+        return signature.of_row(False, self.parameters, self.recorded_signature)
 
 
 def rollback_quietly(session: Session) -> None:
@@ -99,6 +110,7 @@ def active_meta(session: Session, model_type: str, metric_type: str) -> Optional
 def describe(row: MLModel, store: ModelStore) -> dict[str, Any]:
     """Every metadata field of ``row``; never the bytes."""
     size_bytes = row.size_bytes
+    sig = signature.of_row(False, row.parameters, row.input_signature)
     path = None
     if row.model_path:
         try:
@@ -125,6 +137,13 @@ def describe(row: MLModel, store: ModelStore) -> dict[str, Any]:
         "sklearn_version": row.sklearn_version,
         "numpy_version": row.numpy_version,
         "python_version": row.python_version,
+        # Not produced by this service (no library versions recorded: the minibar app's rows, BLOB or file).
+        "legacy": row.sklearn_version is None,
+        "legacy_path": row.legacy_path,
+        "input_signature": sig,
+        "input": signature.explain(sig),
+        # False: detection skips it (incompatible_input); the next training of its metric type replaces it.
+        "compatible": signature.compatible(sig),
     }
 
 

@@ -220,13 +220,13 @@ class S3ModelStore(S3Listing, ModelStore):
             return name
         raise ModelStoreError("could not find a free model object name after 20 attempts")
 
-    def delete(self, key: str) -> int:
+    def delete(self, key: str) -> Optional[int]:
         if UPLOAD_SEPARATOR in key:
             return self._abort_upload(key)
         head = self._head(key)
         self.cache.discard(key)
         if head is None:
-            return 0
+            return None
         self._call("delete", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=self._object_key(key)))
         return int(head.get("ContentLength") or 0)
 

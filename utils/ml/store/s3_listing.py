@@ -5,9 +5,9 @@ A mixin over the store's ``client``, ``bucket``, ``prefix``, ``page_size``,
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
-from utils.ml.store.base import StoredFile
+from utils.ml.store.base import ModelStoreError, StoredFile
 from utils.ml.store.local import MODEL_SUFFIXES, TEMP_PREFIX
 
 UPLOAD_SEPARATOR = "?uploadId="  # temp-file keys of unfinished multipart uploads: "<key>?uploadId=<id>"
@@ -63,7 +63,7 @@ class S3Listing:
                 name = self._relative(upload["Key"])
                 yield StoredFile(f"{name}{UPLOAD_SEPARATOR}{upload['UploadId']}", 0, upload["Initiated"].timestamp())
 
-    def _abort_upload(self, key: str) -> int:
+    def _abort_upload(self, key: str) -> Optional[int]:
         name, upload_id = key.split(UPLOAD_SEPARATOR, 1)
         full = self._object_key(name)
         try:
@@ -75,5 +75,5 @@ class S3Listing:
             self._call("abort upload of", name, lambda: self.client.abort_multipart_upload(
                 Bucket=self.bucket, Key=full, UploadId=upload_id))
         except FileNotFoundError:  # NoSuchUpload answers 404: already gone
-            return 0
+            return None
         return sum(int(part.get("Size") or 0) for part in parts)

@@ -23,11 +23,12 @@ from flask import Blueprint, Response, current_app, request
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from utils.extensions import db
+from utils.db_bounds import DatabaseUnavailable
 from utils.ml.validation import InvalidInput, rule_text
 from utils.web.api.openapi import Operation
 from utils.web.api.base import ErrorResponse, FieldError
 from utils.web.auth import check_request
+from utils.web.errors import unavailable_response
 
 API_PREFIX = "/api/ml"
 API_VERSION = "1.0.0"
@@ -108,10 +109,14 @@ def _parse_path(adapters: dict[str, TypeAdapter], values: dict[str, str]) -> dic
     parsed = {}
     for name, raw in values.items():
         try:
-            parsed[name] = adapters[name].validate_python(raw, strict=False)
+            value = adapters[name].validate_python(raw, strict=False)
         except ValidationError as exc:
             errors = [{"field": name, "rule": rule_text(e)} for e in exc.errors(include_url=False)]
             raise _invalid(_summary("invalid path", errors), errors) from None
+        # Lax parsing reads " 1", "1.0" and "+1" as 1; only the plain digits name resource 1.
+        if isinstance(value, int) and not (raw.isascii() and raw.isdigit()):
+            raise ApiError(404, f"{name} {raw!r} names nothing: ids are plain digits, such as {value}")
+        parsed[name] = value
     return parsed
 
 
@@ -132,6 +137,10 @@ def _parse_query(model: type[BaseModel]) -> BaseModel:
 
 def _parse_body(model: type[BaseModel], required: bool, error_builder: Callable[[ValidationError], list]) -> BaseModel:
     data = request.get_data(cache=False)
+    if request.content_length is None and len(data) >= MAX_BODY_BYTES:
+        # A chunked body is cut at the limit by werkzeug without an error; what
+        # was read is then "malformed JSON" (400).  Reaching the limit is the error.
+        raise ApiError(413, f"request body too large (the limit is {MAX_BODY_BYTES // 2**20} MB)")
     # RFC 8259 lets a parser ignore a UTF-8 byte order mark; some Windows tools send one.
     data = data.removeprefix(b"\xef\xbb\xbf")
     if not data.strip():
@@ -220,14 +229,10 @@ def _invalid_input(exc: InvalidInput) -> Response:
 
 @bp.errorhandler(OperationalError)
 @bp.errorhandler(DBAPIError)
-def _database_error(exc: DBAPIError) -> Response:
-    # The database went away (or refused the connection): the service is unavailable, not broken.
-    try:
-        db.session.rollback()
-    except Exception:  # the connection may be gone for good; the pool will replace it
-        pass
-    current_app.logger.warning("database error in %s: %s", request.path, exc.__class__.__name__)
-    return error_json(503, f"database unavailable: {str(exc.orig or exc).splitlines()[0][:200]}")
+@bp.errorhandler(DatabaseUnavailable)
+def _database_error(exc: Exception) -> Response:
+    # The database went away, froze or refused the connection: the service is unavailable, not broken.
+    return unavailable_response(exc)
 
 
 def actor_of(name: Optional[str]) -> str:

@@ -34,7 +34,9 @@ def detect(body: s.DetectRequest) -> s.DetectResult:
         values: list[Any] = list(request_body.values)
         timestamps: list[Any] = [None] * len(values)
     else:
-        values = [{"metric_value": o.metric_value, "entity_id": o.entity_id} for o in request_body.observations]
+        # The time places each observation in its entity's history (none: now, in the given order).
+        values = [{"metric_value": o.metric_value, "entity_id": o.entity_id, "timestamp": o.timestamp}
+                  for o in request_body.observations]
         timestamps = [o.timestamp for o in request_body.observations]
     result = AnomalyDetector(db).detect_anomalies_with_fallback(request_body.metric_type, values).to_dict()
     db.session.rollback()

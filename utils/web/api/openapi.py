@@ -28,6 +28,7 @@ ERROR_DESCRIPTIONS = {
     409: "Conflict: the model file failed verification, or the same job is already running",
     413: "Request body too large",
     415: "Content-Type is not application/json",
+    429: "Too many wrong tokens from this client address: locked out for `Retry-After` seconds, right token or not",
     500: "The job ran and failed; the run is recorded as failed in ml_job_runs with its traceback",
     503: "ML_ADMIN_TOKEN not configured, ML subsystem disabled (ML_ENABLED=false) or database unavailable",
 }
@@ -58,7 +59,7 @@ class Operation:
 
     @property
     def error_statuses(self) -> list[int]:
-        statuses = {401, 503, *self.errors}
+        statuses = {401, 429, 503, *self.errors}
         if self.query or self.body or self.path_params:
             statuses.add(400)
         if self.path_params:
@@ -123,6 +124,19 @@ def _component_schemas(operations: list[Operation]) -> tuple[dict, dict[str, Any
     return refs, top.get("$defs", {})
 
 
+def _close_pattern_objects(node: Any) -> None:
+    """``dict[ConstrainedKey, V]`` becomes ``patternProperties``, which alone lets any key that
+    does not match through; pydantic refuses such keys, so the document says so too."""
+    if isinstance(node, dict):
+        if "patternProperties" in node and "additionalProperties" not in node:
+            node["additionalProperties"] = False
+        for value in node.values():
+            _close_pattern_objects(value)
+    elif isinstance(node, list):
+        for value in node:
+            _close_pattern_objects(value)
+
+
 def build_document(operations: list[Operation], *, title: str, version: str, description: str = "") -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``operations``."""
     refs, components = _component_schemas(operations)
@@ -140,6 +154,9 @@ def build_document(operations: list[Operation], *, title: str, version: str, des
         responses["401"]["headers"] = {
             "WWW-Authenticate": {"description": "the scheme to use: Bearer", "schema": {"type": "string"}}
         }
+        responses["429"]["headers"] = {
+            "Retry-After": {"description": "seconds until this address may try again", "schema": {"type": "integer"}}
+        }
         entry: dict[str, Any] = {
             "operationId": op.endpoint,
             "summary": op.summary,
@@ -155,6 +172,7 @@ def build_document(operations: list[Operation], *, title: str, version: str, des
             entry["requestBody"] = {"required": op.body_required,
                                     "content": _json_content(refs[(op.body, "validation")])}
         paths.setdefault(op.openapi_path, {})[op.method.lower()] = entry
+    _close_pattern_objects(components)
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version, "description": description},

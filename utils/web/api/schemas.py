@@ -73,6 +73,13 @@ class ModelSummary(ResponseModel):
     sklearn_version: Optional[str]
     numpy_version: Optional[str]
     python_version: Optional[str]
+    legacy: bool = Field(description="not produced by this service: a row of the minibar app (BLOB or adopted file)")
+    legacy_path: Optional[str] = Field(None, description="an adopted file: the absolute path the minibar app wrote")
+    input_signature: Optional[dict[str, Any]] = Field(
+        None, description="what the model takes: kind raw_value, pipeline, aggregate_features or unknown")
+    input: str = Field(description="the input signature in words")
+    compatible: bool = Field(description="false: detection cannot compute its input and falls back "
+                                         "(incompatible_input) until the next training replaces it")
 
 
 class ModelList(ResponseModel):
@@ -177,6 +184,20 @@ class ActivationResult(ResponseModel):
     actor: str
     reason: Optional[str]
     changed: bool = Field(description="false when the model was already the active version (nothing audited)")
+    pinned: Optional["Pin"] = Field(default=None, description="the pin this manual activation set: training stops "
+                                                              "changing the type until it is removed")
+
+
+class Pin(ResponseModel):
+    model_type: str
+    metric_type: str
+    model_id: int
+    actor: str
+    reason: Optional[str]
+    pinned_at: datetime
+
+
+ActivationResult.model_rebuild()
 
 
 # --------------------------------------------------------------------- jobs
@@ -200,6 +221,20 @@ class JobRequest(BodyModel):
 
     def params(self) -> dict[str, Any]:
         return {"metric_type": self.metric_type} if self.metric_type else {}
+
+
+class TrainRequest(JobRequest):
+    """Optional body of ``/train``: who, one metric type, and what may become active."""
+
+    promote: Literal["auto", "never", "always"] = Field(
+        default="auto", description="auto: the promotion gate decides; never: keep as challenger; "
+                                    "always: activate whatever the gate says (a pinned type never changes)")
+
+    def params(self) -> dict[str, Any]:
+        params = super().params()
+        if self.promote != "auto":
+            params["promote"] = self.promote
+        return params
 
 
 KeepVersions = json_int(1, 1000)
@@ -287,6 +322,7 @@ class DetectItem(ResponseModel):
                                                "Z-score: |z|); null if not representable")
     severity: Optional[str] = Field(description="low, medium, high or critical for anomalies, else null")
     expected_value: Optional[float] = None
+    threshold: Optional[float] = Field(default=None, description="this value's own threshold (per entity)")
     entity_id: Optional[int] = None
     timestamp: Optional[datetime] = None
 
@@ -342,6 +378,7 @@ class Alert(ResponseModel):
     read_at: Optional[datetime]
     is_false_positive: bool
     false_positive_at: Optional[datetime]
+    incident_id: Optional[int] = None
 
 
 class AlertPageOut(ResponseModel):

@@ -3,7 +3,10 @@
 Sign-in is with the admin token (``ML_ADMIN_TOKEN``, compared in constant
 time by :func:`utils.web.auth.token_matches`), kept in Flask's signed session
 cookie (HttpOnly, SameSite=Lax).  The session remembers a fingerprint of the
-token, so rotating ``ML_ADMIN_TOKEN`` signs everybody out.
+token, so rotating ``ML_ADMIN_TOKEN`` signs everybody out, and a random
+session id, which sign-out revokes on the server (:mod:`utils.web.security.sessions`).
+Wrong tokens count toward the per-address limit the API shares
+(:mod:`utils.web.security.ratelimit`): over it, sign-in answers 429.
 
 Every form (sign-in included) carries a CSRF token: one random value per
 session, compared in constant time; a POST without the right one is refused
@@ -29,19 +32,23 @@ from flask import (
 )
 from werkzeug.wrappers import Response
 
+from utils.ml.incidents import service as incident_service
 from utils.ml.model_manager import get_model_manager
 from utils.ml.store import catalog
 from utils.web.auth import NOT_CONFIGURED, token_matches
 from utils.web.dashboard import data as dashboard_data
 from utils.web.dashboard import svg_charts
+from utils.web.security import ratelimit, sessions
 
 bp = Blueprint("dashboard", __name__, url_prefix="/ml/dashboard")
 
 SESSION_ADMIN = "ml_admin"
 SESSION_CSRF = "ml_csrf"
+SESSION_ID = "ml_sid"
 CSRF_FIELD = "csrf_token"
 ACTOR = "dashboard"
 MAX_REASON = 200
+INCIDENTS_SHOWN = 20  # the latest incidents on the front page (the API lists them all)
 
 
 def _token_fingerprint(token: str) -> str:
@@ -52,11 +59,18 @@ def _token_fingerprint(token: str) -> str:
 
 def signed_in() -> bool:
     """True when this session signed in with the token that is configured now."""
+    # Cached per request (its environ), not in ``g``, which can outlive a request.
+    cached = request.environ.get("ml.signed_in")
+    if cached is not None:
+        return bool(cached)
     configured = current_app.config.get("ML_ADMIN_TOKEN")
     remembered = session.get(SESSION_ADMIN)
-    if not configured or not isinstance(remembered, str):
-        return False
-    return hmac.compare_digest(remembered, _token_fingerprint(configured))
+    session_id = session.get(SESSION_ID)
+    ok = (bool(configured) and isinstance(remembered, str) and isinstance(session_id, str)
+          and hmac.compare_digest(remembered, _token_fingerprint(configured))
+          and not sessions.is_revoked(session_id))  # signed out elsewhere: this copy is dead too
+    request.environ["ml.signed_in"] = ok
+    return ok
 
 
 def csrf_token() -> str:
@@ -102,8 +116,15 @@ def _template_helpers() -> dict[str, Any]:
 
 
 def _safe_next(target: Optional[str]) -> str:
-    # Only paths inside the dashboard: never an open redirect.
-    if target and target.startswith(bp.url_prefix) and "//" not in target and "\\" not in target:
+    """``target`` when it is a plain path inside the dashboard, else the dashboard itself.
+
+    Never an open redirect (``//host``, ``/\\host``, ``https:``) and never a 500:
+    control characters, spaces and non-ASCII (CR/LF would split the
+    Location header) send the caller to the dashboard instead.
+    """
+    prefix = bp.url_prefix or ""
+    if (target and all(0x21 <= ord(c) < 0x7f for c in target) and "//" not in target
+            and "\\" not in target and (target == prefix or target.startswith((prefix + "/", prefix + "?")))):
         return target
     return url_for("dashboard.index")
 
@@ -118,19 +139,32 @@ def login() -> Any:
         if signed_in():
             return redirect(_safe_next(request.args.get("next")))
         return render_template("dashboard/login.html", next=request.args.get("next", ""))
-    if not token_matches(request.form.get("token", ""), configured):
-        return render_template("dashboard/login.html", error="Wrong admin token.",
-                               next=request.form.get("next", "")), 401
-    # A fresh session on sign-in (new CSRF token): nothing from before carries over.
+    client = ratelimit.current_client()
+    wait = ratelimit.retry_after(client)  # locked out: the token is not even compared
+    if wait is None and not token_matches(request.form.get("token", ""), configured):
+        wait = ratelimit.record_failure(client)
+        if wait is None:
+            return render_template("dashboard/login.html", error="Wrong admin token.",
+                                   next=request.form.get("next", "")), 401
+    if wait is not None:
+        page = render_template("dashboard/login.html", next=request.form.get("next", ""),
+                               error=f"Too many failed sign-ins from this address; try again in {wait} s.")
+        return page, 429, {"Retry-After": str(wait)}
+    # A fresh session on sign-in (new CSRF token and id): nothing from before carries over.
     session.clear()
     session.permanent = True
     session[SESSION_ADMIN] = _token_fingerprint(configured)
+    session[SESSION_ID] = sessions.new_session_id()
     csrf_token()
     return redirect(_safe_next(request.form.get("next")))
 
 
 @bp.post("/logout")
 def logout() -> Response:
+    """End the session here and on the server: a copy of the cookie stops working too."""
+    session_id = session.get(SESSION_ID)
+    if isinstance(session_id, str):
+        sessions.revoke(session_id)
     session.clear()
     flash("Signed out.")
     return redirect(url_for("dashboard.login"))
@@ -152,9 +186,14 @@ def index() -> str:
                                      y_label=lambda v: f"{v:.0f}%", y_max=100.0,
                                      empty="No model loads recorded yet"),
     }
+    from utils.web.dashboard.promotion import panels
+
+    promotion = panels()
+    charts["drift"] = promotion["drift_chart"]
     return render_template(
         "dashboard/index.html", groups=groups, charts=charts, load_totals=load_totals,
-        store=dashboard_data.store_usage(), jobs=dashboard_data.last_job_runs(),
+        store=dashboard_data.store_usage(), jobs=dashboard_data.last_job_runs(), pins=promotion["pins"],
+        incidents=incident_service.list_incidents(per_page=INCIDENTS_SHOWN),
     )
 
 
@@ -178,6 +217,17 @@ def activate(model_id: int) -> Any:
         flash(f"Model {model_id} already is the active {result['model_type']}/{result['metric_type']}; "
               "nothing was changed.")
     return redirect(url_for("dashboard.index") + f"#type-{result['model_type']}-{result['metric_type']}")
+
+
+@bp.post("/incidents/<int:incident_id>/false-positive")
+def incident_false_positive(incident_id: int) -> Any:
+    """Mark an incident, and so every alert of it, a false positive (the API's operation)."""
+    try:
+        incident = incident_service.mark_false_positive(incident_id)
+    except incident_service.IncidentNotFoundError as exc:
+        return _refuse(404, "Not marked", f"{exc}; nothing was changed.")
+    flash(f"Incident {incident_id} ({incident['alert_count']} alerts) marked a false positive.")
+    return redirect(url_for("dashboard.index") + "#incidents")
 
 
 def init_app(app: Flask) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy import func, select, text
 from utils.extensions import db
 from utils.ml.jobs.locks import LEADER_LOCK_CLASS, LEADER_LOCK_NAME, lock_key
 from utils.ml.jobs.records import STATUS_FAILED, STATUS_SUCCESS
+from utils.ml.promotion.metrics import promotion_metrics
 from utils.models import JobRun, MLModel, SchedulerLease
 from utils.time import as_utc, utcnow
 
@@ -100,10 +101,39 @@ class StateCollector:
             versions.add_metric([model_type, metric_type], count)
 
         yield from (age, active_id, versions)
+        yield from _incident_metrics(now)
+        yield from promotion_metrics()
         yield from _job_metrics()
         yield GaugeMetricFamily("ml_scheduler_leaders",
                                 "Scheduler leaderships the database knows of: 1 is healthy, 0 means no "
                                 "process runs the jobs.", value=_leaderships())
+
+
+def _incident_metrics(now) -> Iterator[Metric]:
+    """Incidents by severity (4 label values, whatever the data): all of them, and the open ones.
+
+    Open: its last alert is within ``ML_INCIDENT_GAP_HOURS`` of now, so the
+    next anomaly of its entity would still join it.  False positives are left out.
+    """
+    from datetime import timedelta
+
+    from utils.ml.incidents.models import SEVERITIES, MLIncident
+    from utils.settings import current
+
+    cutoff = now - timedelta(hours=float(current("ML_INCIDENT_GAP_HOURS")))
+    total = GaugeMetricFamily("ml_incidents", "Incidents recorded (false positives excluded), by severity.",
+                              labels=["severity"])
+    open_ = GaugeMetricFamily("ml_incidents_open", "Incidents whose last alert is within ML_INCIDENT_GAP_HOURS, "
+                              "by severity (false positives excluded).", labels=["severity"])
+    real = MLIncident.is_false_positive.is_(False)
+    counts = dict(db.session.execute(select(MLIncident.severity, func.count()).where(real)
+                                     .group_by(MLIncident.severity)).all())
+    opened = dict(db.session.execute(select(MLIncident.severity, func.count())
+                                     .where(real, MLIncident.ended_at >= cutoff).group_by(MLIncident.severity)).all())
+    for severity in SEVERITIES:
+        total.add_metric([severity], counts.get(severity, 0))
+        open_.add_metric([severity], opened.get(severity, 0))
+    yield from (total, open_)
 
 
 def _job_metrics() -> Iterator[Metric]:

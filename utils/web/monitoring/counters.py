@@ -20,6 +20,8 @@ from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client import values as prometheus_values
 
 from utils.ml.jobs.records import STATUS_FAILED, STATUS_SUCCESS
+from utils.ml.pipeline.features import MODEL_TYPE
+from utils.models import ALERT_TYPE_FOR_METRIC
 
 LOAD_SOURCES = ("cache", "file", "database")
 # Model loads take from well under a millisecond (cache) to seconds (a large
@@ -133,6 +135,40 @@ def _label(fields: dict[str, Any], name: str, default: str = "unknown") -> str:
     return default if value is None or value == "" else str(value)
 
 
+# Label values that come from callers (metric and model types) are bounded:
+# every value is a series in every process for the life of the process, so
+# 3,000 invented metric types sent to POST /api/ml/detect must not become
+# 3,000 series.  Known by name: the minibar app's metric types, and up to
+# MAX_LEARNED_NAMES more that the service has a model for (seen saved,
+# activated or loaded here).  Everything else is counted as OTHER.
+OTHER = "other"
+MAX_LEARNED_NAMES = 200
+_known: dict[str, set[str]] = {"metric_type": set(ALERT_TYPE_FOR_METRIC), "model_type": {MODEL_TYPE}}
+_learned = {"count": 0}
+_known_lock = threading.Lock()
+
+
+def learn(kind: str, value: Any) -> None:
+    """Admit ``value`` as a label of ``kind`` (a type the service has a model for), within the bound."""
+    if not isinstance(value, str) or not value or value in _known[kind]:
+        return
+    with _known_lock:
+        if _learned["count"] < MAX_LEARNED_NAMES and value not in _known[kind]:
+            _known[kind].add(value)
+            _learned["count"] += 1
+
+
+def bounded(fields: dict[str, Any], kind: str) -> str:
+    """The label value of ``kind`` for a metric series: the name when known, else :data:`OTHER`."""
+    value = _label(fields, kind)
+    return value if value in _known[kind] or value == "unknown" else OTHER
+
+
+def _learn_models(fields: dict[str, Any]) -> None:
+    learn("metric_type", fields.get("metric_type"))
+    learn("model_type", fields.get("model_type"))
+
+
 def _number(value: Any) -> Optional[float]:
     try:
         return float(value)
@@ -143,6 +179,8 @@ def _number(value: Any) -> Optional[float]:
 def on_event(event: str, fields: dict[str, Any]) -> None:
     """Update the event metrics from one :func:`utils.ml.events.emit` call."""
     m = event_metrics()
+    if event in ("model_loaded", "model_saved", "model_activated"):
+        _learn_models(fields)  # a model exists for this pair: its names are real
     if event == "model_loaded":
         ms = _number(fields.get("ms"))
         if ms is not None:
@@ -150,7 +188,7 @@ def on_event(event: str, fields: dict[str, Any]) -> None:
     elif event == "model_load_failed":
         m.load_failures.labels(reason=_label(fields, "reason")).inc()
     elif event == "model_fallback":
-        m.fallbacks.labels(metric_type=_label(fields, "metric_type"), from_method=_label(fields, "from_method"),
+        m.fallbacks.labels(metric_type=bounded(fields, "metric_type"), from_method=_label(fields, "from_method"),
                            reason=_label(fields, "reason")).inc()
     elif event in ("job_finished", "job_failed"):
         job = _label(fields, "job")
@@ -162,11 +200,12 @@ def on_event(event: str, fields: dict[str, Any]) -> None:
     elif event == "alerts_raised":
         count = _number(fields.get("count"))
         if count:
-            m.alerts.labels(metric_type=_label(fields, "metric_type"), method=_label(fields, "method")).inc(count)
+            m.alerts.labels(metric_type=bounded(fields, "metric_type"), method=_label(fields, "method")).inc(count)
     elif event == "model_saved":
-        m.models_saved.labels(model_type=_label(fields, "model_type"), metric_type=_label(fields, "metric_type")).inc()
+        m.models_saved.labels(model_type=bounded(fields, "model_type"), metric_type=bounded(fields, "metric_type")).inc()
     elif event == "model_activated":
-        m.activations.labels(model_type=_label(fields, "model_type"), metric_type=_label(fields, "metric_type")).inc()
+        m.activations.labels(model_type=bounded(fields, "model_type"),
+                             metric_type=bounded(fields, "metric_type")).inc()
     elif event == "cleanup_done":
         deleted = _number(fields.get("deleted_count"))
         if deleted:
