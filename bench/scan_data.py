@@ -16,8 +16,10 @@ from typing import Any, Iterator
 import numpy as np
 import sqlalchemy as sa
 
+from utils.db_bounds import wait_callback_suspended
+
 TYPES = ("stok_seviye", "tuketim_miktar", "dolum_sure")
-ENTITIES = 1000
+ENTITIES = 1000  # per metric type at 10 million rows; fewer in smaller runs (see _entities)
 ANOMALY_SHARE = 0.01
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 _HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
@@ -31,9 +33,18 @@ def _row_dtype(metric_type: str) -> np.dtype:
                      ("len_ts", ">i4"), ("ts", ">i8")])
 
 
+def _entities(rows: int) -> int:
+    """Entities per metric type: 1,000 at 10 million rows, fewer in small runs, so each keeps a history.
+
+    The causal detector trains only on observations with enough earlier ones of their own entity.
+    """
+    return max(5, min(ENTITIES, rows // 10_000))
+
+
 def _chunks(rows: int, days: int, seed: int) -> Iterator[bytes]:
     rng = np.random.default_rng(seed)
-    levels = {t: rng.lognormal(np.log(20.0), 0.8, ENTITIES) for t in TYPES}
+    entities = _entities(rows)
+    levels = {t: rng.lognormal(np.log(20.0), 0.8, entities) for t in TYPES}
     start = datetime.now(timezone.utc) - timedelta(days=days)
     start_us = int((start - _PG_EPOCH).total_seconds() * 1e6)
     day_us = 86_400 * 1_000_000
@@ -42,7 +53,7 @@ def _chunks(rows: int, days: int, seed: int) -> Iterator[bytes]:
     for day, count in enumerate(per_day):
         for index, metric_type in enumerate(TYPES):
             n = int(count) // len(TYPES) + (1 if index < int(count) % len(TYPES) else 0)
-            entity = rng.integers(0, ENTITIES, n)
+            entity = rng.integers(0, entities, n)
             value = levels[metric_type][entity] * (1.0 + 0.15 * rng.standard_normal(n))
             odd = rng.random(n) < ANOMALY_SHARE
             value[odd] *= rng.uniform(3.0, 6.0, int(odd.sum()))
@@ -84,8 +95,9 @@ def load_observations(engine: sa.Engine, rows: int, days: int = 400, seed: int =
         for name, _ in indexes:
             conn.execute(sa.text(f'DROP INDEX "{name}"'))
         cursor = conn.connection.dbapi_connection.cursor()
-        cursor.copy_expert("COPY ml_metrics (metric_type, entity_id, metric_value, timestamp) FROM STDIN "
-                           "(FORMAT binary)", _Stream(_chunks(rows, days, seed)), size=1 << 20)
+        with wait_callback_suspended():  # psycopg2 refuses COPY under the app's wait callback
+            cursor.copy_expert("COPY ml_metrics (metric_type, entity_id, metric_value, timestamp) FROM STDIN "
+                               "(FORMAT binary)", _Stream(_chunks(rows, days, seed)), size=1 << 20)
         cursor.close()
         copied = time.perf_counter() - started
         for _, definition in indexes:
@@ -94,6 +106,7 @@ def load_observations(engine: sa.Engine, rows: int, days: int = 400, seed: int =
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("VACUUM ANALYZE ml_metrics"))
         loaded = conn.execute(sa.text("SELECT count(*) FROM ml_metrics")).scalar()
-    return {"rows": int(loaded), "days": days, "copy_seconds": round(copied, 1),
+    return {"rows": int(loaded), "days": days, "entities_per_type": _entities(rows),
+            "copy_seconds": round(copied, 1),
             "index_seconds": round(indexed, 1), "total_seconds": round(time.perf_counter() - started, 1),
             "copy_rows_per_second": round(rows / copied)}

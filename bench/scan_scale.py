@@ -68,10 +68,16 @@ def _gil_share(batch_size: int) -> dict[str, Any]:
     from utils.ml.pipeline.batch import read_page
     from utils.ml.pipeline.features import MODEL_TYPE, model_input
 
+    from utils.ml.pipeline.history import entity_codes
+    from utils.ml.pipeline.scoring import is_causal_model
+
     connection = db.session.connection()
     page = read_page(connection.connection.dbapi_connection, "postgresql", "stok_seviye", 0, 2**62, batch_size)
     db.session.rollback()
     model = get_model_manager().load_model_from_file(MODEL_TYPE, "stok_seviye")
+    if is_causal_model(model):  # as bench.scan.raw_rate times it
+        codes = entity_codes(page.entity_ids)
+        return {"rows": len(page), **gil_free_share(lambda: model.score(codes, page.timestamps, page.values))}
     matrix = model_input(model, page.matrix)
     return {"rows": len(page), **gil_free_share(lambda: model.score_samples(matrix))}
 
