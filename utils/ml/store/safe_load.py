@@ -5,7 +5,7 @@ the minibar app (or anyone with write access to its table or volume) left.
 Such bytes are only ever unpickled here, by an unpickler whose
 ``find_class`` resolves nothing but the classes a scikit-learn model is made
 of (estimators, trees, scalers, pipelines, numpy arrays and dtypes, joblib's
-array wrapper, our own feature transformer) and a handful of harmless
+array wrapper, our own feature transformer and causal detector) and a handful of harmless
 builtins.  Anything else (``os.system``, ``builtins.eval``, a numpy or
 sklearn *function*) raises :class:`UnsafePickleError` before it can be called.
 
@@ -44,6 +44,8 @@ _OTHER = frozenset({
     ("copyreg", "_reconstructor"), ("_codecs", "encode"), ("collections", "OrderedDict"),
     ("joblib.numpy_pickle", "NumpyArrayWrapper"), ("joblib.numpy_pickle_compat", "NDArrayWrapper"),
     ("utils.ml.pipeline.features", "EntityRelativeFeatures"), ("utils.ml.features", "EntityRelativeFeatures"),
+    # The causal per-entity detector (feature version 2): plain state, numpy arrays and one forest.
+    ("utils.ml.detector.model", "TrainedDetector"), ("utils.ml.detector.state", "EntityStats"),
 })
 
 
@@ -69,7 +71,8 @@ def _allowed(module: str, name: str, obj: Any) -> bool:
 
 def _checked(module: str, name: str, resolve: Any) -> Any:
     if not (module in ("builtins", "copyreg", "_codecs", "collections", "joblib.numpy_pickle",
-                       "joblib.numpy_pickle_compat", "utils.ml.pipeline.features", "utils.ml.features")
+                       "joblib.numpy_pickle_compat", "utils.ml.pipeline.features", "utils.ml.features",
+                       "utils.ml.detector.model", "utils.ml.detector.state")
             or module.startswith(("numpy", "sklearn."))):
         raise UnsafePickleError(f"refused global {module}.{name}: not a model class")
     obj = resolve(module, name)
