@@ -23,7 +23,7 @@ connection to the same hung server.  While connecting, the deadline is
 ``ML_DB_CONNECT_TIMEOUT_SECONDS`` (libpq's own ``connect_timeout`` is not
 applied to asynchronous connects).
 
-The breaker: a deadline missed or a connection refused opens it for
+The breaker: a missed client deadline (a frozen or unreachable server) opens it for
 ``ML_DB_BREAKER_SECONDS``; meanwhile ``request`` and ``probe`` calls fail at
 once (:class:`DatabaseUnavailable`, a 503) instead of each worker thread
 waiting out its own deadline, which is what starved ``/health`` before.  Jobs

@@ -149,7 +149,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ML_DB_LOCK_TIMEOUT_SECONDS", _float(0.1), 2.0, "requests: server lock_timeout"),
     Setting("ML_DB_POOL_TIMEOUT_SECONDS", _float(0.1), 2.0, "longest wait for a pooled connection"),
     Setting("ML_DB_BREAKER_SECONDS", _float(0.0), 5.0,
-            "after a missed deadline or refused connect, requests answer 503 at once for this long (0: off)"),
+            "after a missed client deadline, requests answer 503 at once for this long (0: off)"),
     Setting("ML_READY_TIMEOUT_SECONDS", _float(0.1), 2.0, "/ready gives up on the database after this"),
     Setting("ML_JOB_STATEMENT_TIMEOUT_SECONDS", _float(1.0), 600.0, "jobs: server statement_timeout (+1 s client deadline)"),
     Setting("ML_JOB_LOCK_TIMEOUT_SECONDS", _float(0.1), 30.0, "jobs: server lock_timeout"),
