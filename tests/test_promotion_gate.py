@@ -1,16 +1,24 @@
 """The promotion gate on generated data where the right answer is known.
 
-A good challenger (the same hotel, a few more days) is promoted; a broken one
-(a degenerate forest that flags a third of everything, or one trained on
-shuffled entity ids so the per-entity baselines are nonsense) is rejected
-and the champion stays; ``--promote never|always`` and pins do what they
-say; the same data twice makes no new version.  Every decision is in
-``ml_gate_decisions`` with its numbers.  Real database, real model store.
+The hotel is clean (no injected anomalies) except for one labelled spike per
+attendant in the gate's week: a refill taking 25 times the attendant's usual
+time (forgotten for hours), which the per-entity causal detector must see.
+The champion is yesterday's model, the good challenger today's (the same
+hotel, one more day): it is promoted.  A broken one is rejected and the
+champion stays: one calibrated with an absurd alert budget (0.9 false alerts
+per attendant-day: it floods the week with alerts), or one fitted on garbage
+(every value scrambled by a factor e^N(0, 2), so each attendant's learnt
+scale is far too wide and a forgotten refill looks ordinary).
+``--promote never|always`` and pins do what they say; the same data twice
+makes no new version.  Every decision is in ``ml_gate_decisions`` with its
+numbers.  Real database, real model store.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 
@@ -22,11 +30,14 @@ from utils.ml.pipeline.observations import ingest_observations
 from utils.ml.promotion.models import GateDecision
 from utils.ml.promotion.pins import unpin
 from utils.ml.store import catalog
-from utils.models import MLModel, ModelActivation
-from utils.time import utcnow
+from utils.models import MLMetric, MLModel, ModelActivation
+from utils.time import as_utc, utcnow
 
 METRIC = "dolum_sure"
 RATE = 0.04
+ATTENDANTS = 8
+SPIKE = 25.0  # x the attendant's median refill time
+ABSURD_BUDGET = 0.9  # false alerts per entity-day (the default is 0.002)
 
 
 def _train(**options) -> dict:
@@ -48,24 +59,43 @@ def _decisions(metric_type: str = METRIC) -> list[GateDecision]:
     return rows
 
 
-def _hotel_then_more_days() -> tuple[int, list]:
-    """A champion trained on the hotel's first 27 days, then one more day arrives.
+def _spike_the_week_before(end) -> int:
+    """One labelled spike per attendant at a random observation of the 7 days before ``end``; their number."""
+    rows = list(db.session.execute(select(MLMetric).where(MLMetric.metric_type == METRIC)).scalars())
+    rng = np.random.default_rng(3)
+    spiked = 0
+    for entity in sorted({row.entity_id for row in rows}):
+        mine = [row for row in rows if row.entity_id == entity]
+        week = [row for row in mine if end - timedelta(days=7) < as_utc(row.timestamp) <= end]
+        chosen = week[int(rng.integers(len(week)))]
+        chosen.metric_value = round(float(np.median([row.metric_value for row in mine])) * SPIKE, 1)
+        chosen.extra_data = {"label": "anomaly", "anomaly_kind": "global", "source": "test"}
+        spiked += 1
+    db.session.commit()
+    return spiked
 
-    Returns the champion's id and the ends of two more days that later steps may add.
+
+def _hotel_then_more_days() -> tuple[int, list]:
+    """Yesterday's champion: trained on a clean hotel up to a day before its newest observation.
+
+    The gate's week holds one labelled spike per attendant.  Returns the
+    champion's id and the ends of two more days that later steps may add.
     """
     now = utcnow()
-    # More anomalies than the demo's 1 %: enough labelled ones in the gate's week to tell F1s apart.
-    small_hotel(end=now - timedelta(days=3), days=27, anomaly_rate=RATE)
-    first = _train()
-    small_hotel(seed=8, end=now - timedelta(days=2), days=1, anomaly_rate=RATE)
+    end = now - timedelta(days=2)
+    small_hotel(end=end, days=30, attendants=ATTENDANTS, anomaly_rate=0.0)
+    assert _spike_the_week_before(end) == ATTENDANTS
+    first = ModelTrainer(db, actor="test").train_one(METRIC, now=end - timedelta(days=1))
+    assert first["promotion"]["decision"] == "promoted"
     return first["model_id"], [now - timedelta(days=1), now]
 
 
-class TinyTrees(ModelTrainer):
-    """A broken challenger: a degenerate forest whose trees each saw two observations."""
+class GarbageData(ModelTrainer):
+    """A broken challenger: fitted on the window with every value scrambled by a factor e^N(0, 2)."""
 
-    def _pipeline(self):
-        return super()._pipeline().set_params(iforest__max_samples=2)
+    def _fit(self, data, upto, now):
+        rng = np.random.default_rng(0)
+        return super()._fit(replace(data, values=data.values * np.exp(rng.normal(0, 2, len(data)))), upto, now)
 
 
 def test_the_first_model_is_promoted_and_the_same_data_makes_no_new_version(app_ctx):
@@ -89,8 +119,10 @@ def test_a_good_challenger_is_promoted_on_labelled_data(app_ctx):
     assert result["promotion"]["decision"] == "promoted", decision.reason
     numbers = decision.metrics
     assert numbers["method"] == "labels" and numbers["labelled"] >= 20
+    assert numbers["labelled_anomalies"] == ATTENDANTS
     for side in ("champion", "challenger"):
-        assert 0 < numbers[side]["f1"] <= 1 and numbers[side]["precision"] is not None
+        # Both see most of the spikes: the comparison is between two working detectors.
+        assert 0.8 <= numbers[side]["f1"] <= 1 and numbers[side]["precision"] is not None
     assert numbers["challenger"]["f1"] >= numbers["champion"]["f1"] - 0.05
     assert decision.champion_id == champion and decision.challenger_id == result["model_id"]
     assert _active() == result["model_id"]
@@ -99,17 +131,22 @@ def test_a_good_challenger_is_promoted_on_labelled_data(app_ctx):
     assert audit.reason.startswith("gate: gate passed (labels)")
 
 
-@pytest.mark.parametrize("broken", ["over_contaminated", "tiny_trees"])
+@pytest.mark.parametrize("broken", ["absurd_alert_budget", "garbage_data"])
 def test_a_broken_challenger_is_rejected_and_the_champion_stays(app_ctx, broken):
     champion, _ = _hotel_then_more_days()
-    if broken == "over_contaminated":  # flags a third of everything
-        result = _train(contamination=0.35)
-    else:
-        [result] = TinyTrees(db, actor="test").train(METRIC)
+    if broken == "absurd_alert_budget":  # floods the week with alerts
+        result = _train(alert_budget=ABSURD_BUDGET)
+    else:  # limits so wide that a forgotten refill looks ordinary
+        [result] = GarbageData(db, actor="test").train(METRIC)
     decision = _decisions()[-1]
     assert result["promotion"]["decision"] == "rejected", decision.metrics
     assert decision.decision == "rejected" and "F1" in decision.reason
-    assert decision.metrics["challenger"]["f1"] < decision.metrics["champion"]["f1"] - 0.05
+    mine, theirs = decision.metrics["challenger"], decision.metrics["champion"]
+    assert mine["f1"] < theirs["f1"] - 0.2
+    if broken == "absurd_alert_budget":
+        assert mine["fp"] > ATTENDANTS > theirs["fp"]  # more false alerts than there are spikes
+    else:
+        assert mine["tp"] < theirs["tp"]
     assert _active() == champion
     # The rejected version is kept (it can still be compared or activated by hand).
     assert db.session.get(MLModel, result["model_id"]).is_active is False
@@ -134,7 +171,8 @@ def test_without_labels_rates_shift_and_agreement_decide(app_ctx):
     assert {"agreement", "score_shift_ks", "flagged_both", "flagged_either"} <= set(decision.metrics)
 
     _unlabelled(24, end=now, seed=3)
-    [bad] = ModelTrainer(db, actor="test", contamination=0.35).train("kat_sicaklik")
+    # Calibrated to 0.9 false alerts per entity-day: far beyond the service's budget.
+    [bad] = ModelTrainer(db, actor="test", alert_budget=ABSURD_BUDGET).train("kat_sicaklik")
     decision = _decisions("kat_sicaklik")[-1]
     assert bad["promotion"]["decision"] == "rejected", decision.reason
     assert "alert rate" in decision.reason and "outside" in decision.reason
@@ -147,7 +185,7 @@ def test_promote_never_keeps_and_always_activates_a_bad_one(app_ctx):
     champion, _ = _hotel_then_more_days()
     kept = _train(promote="never")
     assert kept["promotion"]["decision"] == "kept" and _active() == champion
-    forced = _train(promote="always", contamination=0.35)
+    forced = _train(promote="always", alert_budget=ABSURD_BUDGET)
     assert forced["promotion"]["decision"] == "promoted" and _active() == forced["model_id"]
     assert "--promote always; gate failed" in forced["promotion"]["reason"]
 
