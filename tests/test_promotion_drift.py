@@ -70,7 +70,7 @@ def test_no_shift_no_drift_no_retraining(app_ctx):
     result = run_job_now("drift_check", "test", trigger="api")["result"]["metric_types"][METRIC]
     assert result["drifted"] is False and result["triggered"] is False
     [report] = _reports()
-    assert report.psi < 0.25 and report.ks < 0.3 and set(report.features) == {"entity_robust_z"}
+    assert report.psi < 0.25 and report.ks < 0.3 and set(report.features) == {"deviation", "level"}
     assert report.recent_samples >= 72 and report.reference_samples == 600
     assert _runs("drift") == []
 
