@@ -35,7 +35,7 @@ from utils.time import as_utc, utcnow
 
 METRIC = "dolum_sure"
 RATE = 0.04
-ATTENDANTS = 8
+ATTENDANTS = 16  # one spike each: one stray false alert moves F1 by less than ML_GATE_MAX_F1_DROP
 SPIKE = 25.0  # x the attendant's median refill time
 ABSURD_BUDGET = 0.9  # false alerts per entity-day (the default is 0.002)
 
@@ -82,7 +82,9 @@ def _hotel_then_more_days() -> tuple[int, list]:
     champion's id and the ends of two more days that later steps may add.
     """
     now = utcnow()
-    end = now - timedelta(days=2)
+    # Ends at a Monday midnight 2-8 days ago: the same generated week whatever the clock says.
+    end = (now - timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
+    end -= timedelta(days=end.weekday())
     small_hotel(end=end, days=30, attendants=ATTENDANTS, anomaly_rate=0.0)
     assert _spike_the_week_before(end) == ATTENDANTS
     first = ModelTrainer(db, actor="test").train_one(METRIC, now=end - timedelta(days=1))
@@ -144,7 +146,7 @@ def test_a_broken_challenger_is_rejected_and_the_champion_stays(app_ctx, broken)
     mine, theirs = decision.metrics["challenger"], decision.metrics["champion"]
     assert mine["f1"] < theirs["f1"] - 0.2
     if broken == "absurd_alert_budget":
-        assert mine["fp"] > ATTENDANTS > theirs["fp"]  # more false alerts than there are spikes
+        assert mine["fp"] >= ATTENDANTS > theirs["fp"]  # as many false alerts as there are spikes, or more
     else:
         assert mine["tp"] < theirs["tp"]
     assert _active() == champion

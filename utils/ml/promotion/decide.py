@@ -80,7 +80,8 @@ def decide(manager: Any, *, model_type: str, metric_type: str, challenger_id: in
     numbers.update(method=method, passed=passed, window_days=cfg.window_days,
                    thresholds={"max_f1_drop": cfg.max_f1_drop, "max_rate_ratio": cfg.max_rate_ratio,
                                "max_score_shift": cfg.max_score_shift, "min_agreement": cfg.min_agreement,
-                               "min_labelled": cfg.min_labelled, "target_rate": cfg.target_rate})
+                               "min_labelled": cfg.min_labelled, "target_rate": cfg.target_rate,
+                               "alert_budget": cfg.alert_budget})
     if champion_id is not None and champion is None:
         notes.insert(0, f"champion {champion_id} could not be loaded ({load_problem}): judged against the target only")
     verdict = f"gate {'passed' if passed else 'failed'} ({method}): {'; '.join(notes)}"
