@@ -82,7 +82,7 @@ def _hotel_then_more_days() -> tuple[int, list]:
     champion's id and the ends of two more days that later steps may add.
     """
     now = utcnow()
-    # Ends at a Monday midnight 2-8 days ago: the same generated week whatever the clock says.
+    # Ends at a Monday midnight 2-9 days ago: the same generated week whatever the clock says.
     end = (now - timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
     end -= timedelta(days=end.weekday())
     small_hotel(end=end, days=30, attendants=ATTENDANTS, anomaly_rate=0.0)
