@@ -1,5 +1,10 @@
 #!/usr/bin/env python
-"""Copy every legacy BLOB model in ``ml_models`` to a verified file.
+"""Copy every legacy BLOB model in ``ml_models`` to a verified file; adopt the minibar app's model files.
+
+BLOBs are loaded under an allow-list (model classes only) and copied byte for
+byte; rows with the app's ``FILE_BASED`` marker and a path have their joblib
+file loaded under the same allow-list and copied into the models directory
+(the marker itself is never unpickled).  Every row records its input signature.
 
     python migrate_models_to_filesystem.py --dry-run        # report only; writes nothing
     python migrate_models_to_filesystem.py                  # migrate, keep the BLOBs as the fallback
@@ -7,8 +12,8 @@
 
 Reads ``DATABASE_URL`` and ``ML_MODELS_DIR`` like the service (``config.py``).
 The same command as ``flask ml migrate``: this runs that very click command, so
-options, per-model lines, the summary and the exit status (1 if any model
-failed) are identical.
+options, per-model lines, the summary and the exit status (0 when every row
+was migrated, adopted or already done; 1 if any model failed) are identical.
 """
 from __future__ import annotations
 

@@ -84,7 +84,10 @@ def compare(new_train: dict[str, Any], new_scan: dict[str, Any], window_days: in
                                                  max(service["scan_us_per_row"]["today"], 1e-9), 3)
     service["train_ratio_new_over_today"] = round(service["train_us_per_row"]["new"] /
                                                   max(service["train_us_per_row"]["today"], 1e-9), 3)
-    dataset = simulate(HotelConfig(days=simulator_days, seed=1))
+    small = simulator_days < 90  # --quick: a small hotel, so the smoke run stays short
+    dataset = simulate(HotelConfig(days=simulator_days, seed=1, **({"rooms": 20, "products": 10, "attendants": 4,
+                                                                     "meters": 4} if small else {})))
     largest = max(dataset.series.values(), key=len)
-    in_memory = measure(largest, split_day=max(simulator_days - 30, 14), batch=5_000 if simulator_days < 90 else 20_000)
+    in_memory = measure(largest, split_day=max(simulator_days - 30, 14), batch=2_000 if small else 20_000,
+                        repeat=1 if small else 3)
     return {"service": service, "simulator_in_memory": in_memory}

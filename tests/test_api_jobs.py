@@ -23,13 +23,13 @@ from utils.time import utcnow
 METRIC = "tuketim_miktar"
 
 
-def observations(count: int = 240, outliers: tuple[int, ...] = (50, 150, 230)) -> list[dict]:
-    """Consumption of 12 rooms over 20 days; a few wild values."""
+def observations(count: int = 240, outliers: tuple[int, ...] = (50, 150, 230), first: int = 0) -> list[dict]:
+    """Consumption of 12 rooms over 20 days (from reading ``first``); a few wild values."""
     rng = np.random.default_rng(7)
     start = utcnow() - timedelta(days=20)
     items = []
-    for i in range(count):
-        value = float(rng.poisson(4)) if i not in outliers else 60.0 + i % 7
+    for i in range(first, first + count):
+        value = float(rng.poisson(4)) if i not in outliers else 400.0 + i % 7
         items.append({"metric_type": METRIC, "entity_id": 101 + i % 12, "metric_value": value,
                       "timestamp": (start + timedelta(hours=2 * i)).isoformat()})
     return items
@@ -44,7 +44,7 @@ def job_rows(app, name: str) -> list[JobRun]:
 
 
 def test_ingest_train_scan_alerts_and_detect_end_to_end(app, client, auth_headers):
-    response = client.post("/api/ml/metrics", headers=auth_headers, json={"observations": observations()})
+    response = client.post("/api/ml/metrics", headers=auth_headers, json={"observations": observations(outliers=())})
     assert response.status_code == 201, response.get_json()
 
     response = client.post("/api/ml/train", headers=auth_headers, json={"metric_type": METRIC, "actor": "ops"})
@@ -59,10 +59,13 @@ def test_ingest_train_scan_alerts_and_detect_end_to_end(app, client, auth_header
     assert (run.id, run.status, run.details["actor"], run.details["trigger"]) == (
         trained["run_id"], "success", "api:ops", "api")
 
+    # After training, three wild readings (the detector judges new data against each room's own past).
+    wild = observations(3, outliers=(240, 241, 242), first=240)
+    assert client.post("/api/ml/metrics", headers=auth_headers, json={"observations": wild}).status_code == 201
     response = client.post("/api/ml/scan", headers=auth_headers)
     assert response.status_code == 200, response.get_json()
     scanned = response.get_json()
-    assert scanned["actor"] == "api" and scanned["result"]["scanned"] == 240
+    assert scanned["actor"] == "api" and scanned["result"]["scanned"] == 243
     raised = scanned["result"]["alerts"]
     assert raised >= 3
 
@@ -70,7 +73,7 @@ def test_ingest_train_scan_alerts_and_detect_end_to_end(app, client, auth_header
     assert alerts["total"] == raised
     assert {a["method"] for a in alerts["alerts"]} == {"isolation_forest_file"}
     assert {a["model_id"] for a in alerts["alerts"]} == {model_id}
-    assert {60.0 + i % 7 for i in (50, 150, 230)} <= {a["metric_value"] for a in alerts["alerts"]}
+    assert {400.0 + i % 7 for i in (240, 241, 242)} <= {a["metric_value"] for a in alerts["alerts"]}
 
     # A second scan finds nothing new: the same observation never alerts twice.
     again = client.post("/api/ml/scan", headers=auth_headers, json={"metric_type": METRIC}).get_json()

@@ -61,7 +61,9 @@ def _insert_raw(values: list[float], metric_type: str = "stok_seviye") -> None:
     """Rows written straight by SQL, past every validation of this service."""
     for value in values:
         db.session.execute(text("INSERT INTO ml_metrics (metric_type, entity_id, metric_value, timestamp) "
-                                "VALUES (:t, 1, :v, :ts)"), {"t": metric_type, "v": value, "ts": utcnow() - timedelta(minutes=5)})
+                                "VALUES (:t, 1, :v, :ts)"), {"t": metric_type, "v": value,
+                                                         # naive UTC, as the ORM stores it (SQLite compares text)
+                                                         "ts": (utcnow() - timedelta(minutes=5)).replace(tzinfo=None)})
     db.session.commit()
 
 

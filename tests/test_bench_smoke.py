@@ -27,7 +27,7 @@ PEER_VARIANTS = {"ours_local_cold", "ours_s3_cold", "ours_s3_disk_cache", "mlflo
                  "mlflow_registry_cloudpickle", "skops_load"}
 MEMORY_VARIANTS = {"legacy_scan", "legacy_scan_active_rows", "ours_scan", "legacy_list", "ours_list"}
 TARGET_IDS = {"cold_vs_floor", "cold_vs_legacy", "warm_load", "threads_cache_off", "scan_memory",
-              "list_memory", "scan_throughput"}
+              "list_memory", "scan_throughput", "scan_cost"}
 
 
 def _database_exists(name: str) -> bool:
@@ -75,6 +75,11 @@ def test_quick_bench_reports_every_section_and_drops_its_database(pg_available, 
     assert scan["status"] == "ok", scan
     assert scan["end_to_end"]["rows"] == scan["observations"] == scan["raw_score_samples"]["rows"]
     assert set(scan["end_to_end"]["methods"].values()) == {"isolation_forest_file"}
+    # Per-row cost of both paths, measured on the same rows.
+    service = scan["cost"]["service"]
+    for part in ("train_us_per_row", "scan_us_per_row"):
+        assert service[part]["today"] > 0 and service[part]["new"] > 0
+    assert scan["cost"]["simulator_in_memory"]["scan_us_per_row"]["new"] > 0
     # The same scan reading in turn raised the same alerts.
     assert scan["end_to_end_read_in_turn"]["rows"] == scan["end_to_end"]["rows"]
     assert scan["end_to_end_read_in_turn"]["alerts"] == scan["end_to_end"]["alerts"]

@@ -164,10 +164,22 @@ def test_frozen_database_every_route_503_within_seconds_health_always_200(server
     assert terminate(server.proc) == 0
 
 
+def _check_log_volume(server: Server) -> None:
+    """300 more failing requests add a bounded number of lines (3 per kind per 10 s window per worker)."""
+    started = time.monotonic()
+    api = requests.Session()
+    codes = [server.status("GET", "/api/ml/models", session=api)[0] for _ in range(300)]
+    assert set(codes) == {503}, set(codes)
+    windows = int((time.monotonic() - started) // 10) + 2
+    lines = [line for line in server.log.read_text(errors="replace").splitlines() if "database unavailable in" in line]
+    assert len(lines) <= 2 * 3 * windows + 2 * 3 * 3, (len(lines), lines[-5:])  # plus the outage rounds' own
+
+
 def test_stopped_database_every_route_503_never_500(server, pg_cluster):  # noqa: F811
     browser = server.dashboard_session()
     pg_cluster.stop()
     _check_outage(server, browser)
+    _check_log_volume(server)
     pg_cluster.start()
     _check_recovery(server, browser)
     assert terminate(server.proc) == 0

@@ -1,4 +1,5 @@
 """/health and /ready against real databases and a real models directory."""
+import json
 import os
 import subprocess
 
@@ -34,7 +35,7 @@ def test_ready_503_names_the_models_directory_when_it_is_not_writable(app, clien
         body = response.get_json()
         assert response.status_code == 503
         assert body["failed"] == ["models_dir"]
-        assert "ML_MODELS_DIR is not writable" in body["checks"]["models_dir"]["error"]
+        assert "not writable" in body["checks"]["models_dir"]["error"]
         assert str(ro) not in response.get_data(as_text=True)  # /ready is unauthenticated: no path
     finally:
         subprocess.run(["umount", str(ro)], check=True)
@@ -60,3 +61,36 @@ def test_errors_are_json_not_html(client):
     assert response.status_code == 404
     assert response.is_json
     assert "error" in response.get_json()
+
+
+def test_ready_503_below_the_free_space_threshold_and_on_a_full_disk(app, client, tmp_path):
+    # A real 2 MB tmpfs, filled for real: creating an empty file still works there, a 1-byte write does not.
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        app.config["ML_MODELS_DIR"] = str(small)
+        app.config["ML_READY_MIN_FREE_MB"] = 1
+        assert client.get("/ready").status_code == 200
+        app.config["ML_READY_MIN_FREE_MB"] = 10
+        body = client.get("/ready").get_json()
+        assert body["failed"] == ["models_dir"] and "below ML_READY_MIN_FREE_MB=10" in body["checks"]["models_dir"]["error"]
+
+        app.config["ML_READY_MIN_FREE_MB"] = 0  # now only the write decides
+        with open(small / "filler", "wb") as filler:
+            try:
+                while True:
+                    filler.write(b"x" * 65536)
+                    filler.flush()
+            except OSError:
+                pass
+        (small / "empty-still-works").touch()
+        response = client.get("/ready")
+        body = response.get_json()
+        assert response.status_code == 503 and body["failed"] == ["models_dir"]
+        assert "1-byte write" in body["checks"]["models_dir"]["error"]
+        assert str(small) not in json.dumps(body)  # unauthenticated: no paths
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

@@ -62,7 +62,7 @@ def test_consecutive_anomalies_of_one_entity_form_one_incident(scanned):
     assert (first.started_at.replace(tzinfo=timezone.utc), first.ended_at.replace(tzinfo=timezone.utc)) == \
         (T0 + timedelta(hours=40), T0 + timedelta(hours=41))
     assert first.severity == "critical" and first.peak_value == 200.0 and first.metric_type == METRIC
-    assert first.peak_alert_id in {a.id for a in db.session.execute(select(MLAlert)).scalars()}
+    assert first.peak_observation_id in {a.observation_id for a in db.session.execute(select(MLAlert)).scalars()}
     # Every alert of the scan points at its incident; the contract's one row per observation holds.
     alerts = db.session.execute(select(MLAlert).order_by(MLAlert.id)).scalars().all()
     assert len(alerts) == 4 and len({a.observation_id for a in alerts}) == 4
@@ -99,7 +99,7 @@ def test_incidents_below_the_notification_severity_are_not_notified(notify_app):
 
 def test_the_api_lists_gets_and_takes_false_positive_feedback(scanned, notify_app):
     client = notify_app.test_client()
-    headers = {"Authorization": "Bearer test-admin-token"}
+    headers = {"Authorization": "Bearer test-admin-token-0123456789"}
     listed = client.get(f"/api/ml/incidents?metric_type={METRIC}&entity_id=1", headers=headers)
     assert listed.status_code == 200, listed.get_json()
     body = listed.get_json()

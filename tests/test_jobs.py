@@ -81,7 +81,9 @@ def test_an_on_demand_run_says_whether_the_cli_or_the_api_started_it(app_ctx):
 
 
 def test_unknown_job_is_refused_naming_the_field(app_ctx):
-    with pytest.raises(UnknownJobError, match=r"^job: must be one of anomaly_scan, cleanup_models, train_models"):
+    with pytest.raises(UnknownJobError,
+                       match=r"^job: must be one of anomaly_scan, cleanup_models, drift_check, notify_deliver, "
+                             r"train_models"):
         run_job_now("retrain_everything", actor="tester", trigger="api")
     assert _runs() == []
 

@@ -136,9 +136,8 @@ def test_the_whole_flow_on_each_state(deployment, tmp_path):
             refill = detector.detect_anomalies_with_fallback("dolum_sure", [40.0, 41.0])
             # Models expecting the app's aggregate features: B/D's stock fallback BLOB, the app's file of
             # today (B-D); raw-value forests: A/C's migrated stock BLOB and A's newest refill BLOB.
-            expect = {"z_score": (stock, refill) if state.has_entity_type else (refill,) if state.has_model_path
-                      else ()}
-            for result in expect["z_score"]:
+            falls_back = (stock, refill) if state.has_entity_type else (refill,) if state.has_model_path else ()
+            for result in falls_back:
                 assert result.method == "z_score"
                 assert any("incompatible_input" in r for r in result.fallback_reasons), result.fallback_reasons
             if not state.has_entity_type:
@@ -146,14 +145,22 @@ def test_the_whole_flow_on_each_state(deployment, tmp_path):
             if not state.has_model_path:
                 assert refill.method == "isolation_forest_db"
 
-            # --- train (twice: two versions of ours) replaces the legacy model
-            collect(url)
-            trained = [train_models("stok_seviye")[0] for _ in range(2)]
-            assert [t["status"] for t in trained] == ["trained", "trained"], trained
+            # --- train (three versions of ours, new observations before each) replaces the legacy model
+            trained = []
+            for _ in range(3):
+                collect(url)
+                trained.append(train_models("stok_seviye")[0])
+                db.session.remove()
+            assert [t["status"] for t in trained] == ["trained"] * 3, trained
+            # B/D: the champion's input cannot be computed, so the first challenger replaces it whatever the gate.
+            if state.has_entity_type:
+                assert trained[0]["promotion"]["decision"] == "promoted", trained[0]["promotion"]
+                assert "cannot compute" in trained[0]["promotion"]["reason"]
             db.session.remove()
-            ours = trained[-1]["model_id"]
+            # A/C: the champion is the app's raw-value forest, which detection can use: the gate decides.
+            [(active,)] = rows(url, "SELECT id FROM ml_models WHERE is_active AND metric_type = 'stok_seviye'")
             stock = detector.detect_anomalies_with_fallback("stok_seviye", [40.0, 41.0, 400.0])
-            assert (stock.method, stock.model_id, stock.fallback_reasons) == ("isolation_forest_file", ours, [])
+            assert (stock.method, stock.model_id, stock.fallback_reasons) == ("isolation_forest_file", active, [])
 
             # --- scan twice: the second raises nothing new
             first = run_scan("stok_seviye")
@@ -163,16 +170,29 @@ def test_the_whole_flow_on_each_state(deployment, tmp_path):
             assert rows(url, "SELECT count(*) FROM ml_alerts WHERE method IS NOT NULL") == [(alerts,)]
             db.session.remove()
         listed = {m["id"]: m for m in json.loads(runner.invoke(args=["ml", "list", "--json"]).output)}
-        assert (listed[ours]["is_active"], listed[ours]["legacy"], listed[ours]["compatible"]) == (True, False, True)
+        assert (listed[active]["is_active"], listed[active]["compatible"]) == (True, True)
+        assert all(not listed[t["model_id"]]["legacy"] for t in trained)
         step(hotel)  # its reads of our alerts, in its words
 
-        # --- cleanup: never fails on ml_training_logs, never deletes a log, never the app's files
+        # --- cleanup: never fails on ml_training_logs, never deletes a log, a row of the app or its files.
+        # A log of the app naming one of our old versions: that version stays (the foreign key).
+        newest = trained[2]["model_id"]
+        older = [t["model_id"] for t in trained[:2] if t["model_id"] != active]  # neither newest nor active
+        referenced = older[0]
+        rows(url, "INSERT INTO ml_training_logs (model_id, training_start, success) VALUES (:m, now(), true)",
+             {"m": referenced})
         logs = rows(url, "SELECT count(*) FROM ml_training_logs")
+        legacy_rows = rows(url, "SELECT count(*) FROM ml_models WHERE sklearn_version IS NULL")
         cleaned = runner.invoke(args=["ml", "cleanup", "--keep", "1"])
         assert cleaned.exit_code == 0, cleaned.output
-        assert "ml_training_logs reference" in cleaned.output
+        assert f"Kept 1 old versions the minibar app's ml_training_logs reference (never deleted): {referenced}" \
+            in cleaned.output and "legacy versions (the minibar app's rows are never deleted)" in cleaned.output
         assert rows(url, "SELECT count(*) FROM ml_training_logs") == logs
-        assert rows(url, "SELECT count(*) FROM ml_models WHERE id = :i", {"i": trained[0]["model_id"]}) == [(0,)]
+        assert rows(url, "SELECT count(*) FROM ml_models WHERE sklearn_version IS NULL") == legacy_rows
+        # Our versions: the newest, the active and the one a log references stay; any other one goes.
+        mine = {t["model_id"] for t in trained}
+        assert {r for (r,) in rows(url, "SELECT id FROM ml_models WHERE sklearn_version IS NOT NULL")} \
+            == {newest, referenced} | ({active} & mine)
         for (path,) in rows(url, "SELECT legacy_path FROM ml_models WHERE legacy_path IS NOT NULL"):
             assert Path(path).is_file(), path
         step(hotel)

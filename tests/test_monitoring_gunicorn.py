@@ -152,6 +152,13 @@ def served(pg_available, tmp_path_factory):
             response = served.post("/api/ml/train")
             served.job_statuses.append(("train_models", response.status_code))
             assert response.status_code == 200, response.text
+        # New readings far above anything products 1-2 ever had: the causal detector judges new data.
+        from datetime import datetime, timedelta, timezone
+
+        soon = datetime.now(timezone.utc) + timedelta(hours=1)
+        wild = [{"metric_type": "stok_seviye", "entity_id": e, "metric_value": 1.0e7,
+                 "timestamp": (soon + timedelta(minutes=e)).isoformat()} for e in (1, 2)]
+        assert served.post("/api/ml/metrics", {"observations": wild}).status_code == 201
         response = served.post("/api/ml/scan")
         served.job_statuses.append(("anomaly_scan", response.status_code))
         assert response.status_code == 200 and response.json()["result"]["alerts"] > 0, response.text

@@ -57,6 +57,8 @@ def test_the_comparison_page_and_the_drift_chart_are_server_rendered(app, client
     chart = html[html.index('id="chart-histogram"'):]
     assert chart.count('<polyline class="line"') == 2 and "<svg" in chart
     assert "<script" not in html
+    # The page's CSP allows no inline style either (issue 12): none is needed.
+    assert " style=" not in html and "style-src 'self'" in page.headers["Content-Security-Policy"]
     assert client.get(f"/ml/dashboard/compare/isolation_forest/{METRIC}?days=x").status_code == 400
     assert client.get(f"/ml/dashboard/compare/isolation_forest/{METRIC}?challenger=999999").status_code == 404
     index = client.get("/ml/dashboard").get_data(as_text=True)

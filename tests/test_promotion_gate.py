@@ -26,7 +26,10 @@ from tests.pipeline_helpers import count, small_hotel, unlabelled_series
 from utils.extensions import db
 from utils.ml.model_manager import get_model_manager
 from utils.ml.model_trainer import ModelTrainer
+from utils.ml.pipeline.features import build_pipeline
 from utils.ml.pipeline.observations import ingest_observations
+from utils.ml.pipeline.scoring import score_window
+from utils.ml.promotion.decide import decide
 from utils.ml.promotion.models import GateDecision
 from utils.ml.promotion.pins import unpin
 from utils.ml.store import catalog
@@ -177,7 +180,7 @@ def test_without_labels_rates_shift_and_agreement_decide(app_ctx):
     [bad] = ModelTrainer(db, actor="test", alert_budget=ABSURD_BUDGET).train("kat_sicaklik")
     decision = _decisions("kat_sicaklik")[-1]
     assert bad["promotion"]["decision"] == "rejected", decision.reason
-    assert "alert rate" in decision.reason and "outside" in decision.reason
+    assert "alert rate" in decision.reason and "above" in decision.reason
     active = db.session.execute(select(MLModel.id).where(MLModel.metric_type == "kat_sicaklik",
                                                          MLModel.is_active.is_(True))).scalar_one()
     assert active == good["model_id"] != first["model_id"]
@@ -209,3 +212,20 @@ def test_a_rollback_pins_the_type_until_unpinned(app_ctx):
     app_ctx.config["ML_GATE_MAX_F1_DROP"] = 1.0  # any challenger passes: only a pin could stop it now
     after = _train()
     assert after["promotion"]["decision"] == "promoted" and _active() == after["model_id"]
+
+
+def test_a_challenger_whose_file_fails_verification_is_rejected_and_the_champion_stays(app_ctx, models_dir):
+    champion, _ = _hotel_then_more_days()
+    kept = _train(promote="never")
+    row = db.session.get(MLModel, kept["model_id"])
+    path = models_dir / row.model_path
+    db.session.rollback()
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")  # same size, other bytes: the checksum fails
+    model = build_pipeline().fit(np.array([[1.0, float(v)] for v in range(60)]))
+    ids, epoch, values = np.ones(40), 1.7e9 + 3600.0 * np.arange(40), np.full(40, 3.0)
+    result = decide(get_model_manager(), model_type="isolation_forest", metric_type=METRIC,
+                    challenger_id=kept["model_id"], challenger=model,
+                    score=lambda candidate: score_window(candidate, ids, epoch, values),
+                    labels=np.full(40, -1, dtype=np.int8), mode="always", actor="test")
+    assert result["decision"] == "rejected" and result["reason"].startswith("activation refused")
+    assert _active() == champion and _decisions()[-1].decision == "rejected"

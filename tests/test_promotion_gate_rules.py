@@ -37,7 +37,7 @@ def test_a_flood_beyond_the_budget_is_rejected_even_in_a_small_sample():
     budget = budget_rate(0.002, np.arange(n) % 5, np.arange(n) * 3600.0)
     passed, method, reasons = judge(_numbers(n, list(range(0, 150, 5)), [], budget), CFG)
     assert (passed, method) == (False, "rates")
-    assert any("alert rate" in r and "outside" in r and "alert budget" in r for r in reasons), reasons
+    assert any("alert rate" in r and "above" in r and "alert budget" in r for r in reasons), reasons
 
 
 def test_alerts_both_versions_raise_are_the_datas_not_the_challengers():
@@ -59,4 +59,4 @@ def test_a_quiet_causal_challenger_passes_but_a_quiet_pooled_model_does_not():
     passed, _method, reasons = judge(_numbers(n, [], [], budget), CFG)
     assert passed, reasons
     passed, _method, reasons = judge(_numbers(n, [], [], None), CFG)
-    assert not passed and any("ML_CONTAMINATION" in r and "outside" in r for r in reasons), reasons
+    assert not passed and any("ML_CONTAMINATION" in r and "below" in r for r in reasons), reasons

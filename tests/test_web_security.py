@@ -84,6 +84,31 @@ def test_next_keeps_a_plain_dashboard_path(client):
     assert response.location == "/ml/dashboard/?x=1"
 
 
+# ------------------------------------------------------------- SECRET_KEY
+def test_an_anonymous_cookie_does_not_verify_under_the_token(monkeypatch, database_url, models_dir):
+    """Issue 12: with SECRET_KEY unset the cookie of GET /ml/dashboard/login was signed with the token,
+    an offline oracle for token guesses.  Now the key is never the token."""
+    from flask import Flask
+    from flask.sessions import SecureCookieSessionInterface
+    from itsdangerous import BadSignature
+
+    from app import create_app
+
+    monkeypatch.setenv("ML_ADMIN_TOKEN", TOKEN)
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url, "ML_MODELS_DIR": str(models_dir)})
+    assert app.secret_key and app.secret_key != TOKEN
+    client = app.test_client()
+    client.get("/ml/dashboard/login")
+    cookie = client.get_cookie("session").value
+    guesser = Flask("guesser")
+    guesser.secret_key = TOKEN
+    with pytest.raises(BadSignature):
+        SecureCookieSessionInterface().get_signing_serializer(guesser).loads(cookie)
+    with app.app_context():
+        db.engine.dispose()
+
+
 # ---------------------------------------------------------------- path ids
 def test_path_ids_must_be_plain_digits(app, client, auth_headers):
     with app.app_context():
@@ -185,3 +210,21 @@ def test_3000_invented_metric_types_leave_the_scrape_small(app, client, auth_hea
     assert "invented_" not in after
     assert len(fallbacks) < 40, sorted(fallbacks)
     assert len(after) - len(before) < 5000, (len(before), len(after))
+
+
+def test_sign_in_state_and_nonce_belong_to_one_request_even_inside_a_longer_app_context(app):
+    # A CLI command or a test may push one app context around several requests:
+    # ``g`` then outlives each request, so neither the signed-in check nor the CSP
+    # nonce may be kept there (a cached "signed out" locked the user out; a nonce
+    # must never repeat).
+    with app.app_context():
+        client = app.test_client()
+        first = client.get("/ml/dashboard/login")
+        token = csrf_from(first)
+        assert client.post("/ml/dashboard/login", data={"csrf_token": token, "token": TOKEN}).status_code == 302
+        page = client.get("/ml/dashboard")
+        assert page.status_code == 200
+        nonces = [re.findall(r"'nonce-([^']+)'", r.headers["Content-Security-Policy"])
+                  for r in (first, page, client.get("/ml/dashboard"))]
+        flat = [n for found in nonces for n in found]
+        assert len(flat) == len(set(flat))

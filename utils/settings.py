@@ -264,7 +264,7 @@ SETTINGS: tuple[Setting, ...] = (
     # Bounds on database calls (PostgreSQL; see utils/db_bounds.py).  Requests: a frozen
     # server costs a caller at most statement + 1 s, then the breaker answers 503 at once.
     Setting("ML_DB_CONNECT_TIMEOUT_SECONDS", _float(0.1), 3.0, "a new database connection is given up after this"),
-    Setting("ML_DB_STATEMENT_TIMEOUT_SECONDS", _float(0.1), 5.0,
+    Setting("ML_DB_STATEMENT_TIMEOUT_SECONDS", _float(0.1), 3.0,
             "requests: server statement_timeout; the client gives up 1 s later (even on a frozen server)"),
     Setting("ML_DB_LOCK_TIMEOUT_SECONDS", _float(0.1), 2.0, "requests: server lock_timeout"),
     Setting("ML_DB_POOL_TIMEOUT_SECONDS", _float(0.1), 2.0, "longest wait for a pooled connection"),
@@ -277,6 +277,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ML_METRICS_PORT", _int(0, 65535), 0, "flask ml scheduler serves /metrics on this port (0: off)"),
     Setting("ML_METRICS_ADDR", _text, "0.0.0.0", "address of that metrics server"),
     Setting("ML_LOG_FORMAT", _choice("json", "text"), "json", "one JSON object per line, or text for people"),
+    Setting("ML_LOG_REPEAT_WINDOW_SECONDS", _float(0.0), 10.0,
+            "the same warning/error (logger, level, template) is logged at most 3 times per window (0: no limit)"),
     Setting("ML_LOG_LEVEL", _choice("debug", "info", "warning", "error", "critical"), "info", "root log level"),
     # Failed sign-ins and bearer tokens, counted per client address in the database (all workers).
     Setting("ML_AUTH_MAX_FAILURES", _int(1), 10, "failed authentications per client address per window"),

@@ -30,7 +30,7 @@ def upgrade():
         sa.Column("severity", sa.String(16), nullable=False),
         sa.Column("peak_score", sa.Float(), nullable=True),
         sa.Column("peak_value", sa.Float(), nullable=True),
-        sa.Column("peak_alert_id", sa.Integer(), nullable=True),
+        sa.Column("peak_observation_id", sa.Integer(), nullable=True),
         sa.Column("method", sa.String(40), nullable=True),
         sa.Column("model_id", sa.Integer(), nullable=True),
         sa.Column("is_false_positive", sa.Boolean(), nullable=False, server_default=sa.false()),

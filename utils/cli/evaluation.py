@@ -24,6 +24,10 @@ from utils.settings import current
 @ml_cli.command("evaluate", context_settings={"ignore_unknown_options": False})
 @click.option("--seed", "seeds", type=int, multiple=True, help="Simulator seed (repeat for several; default 1).")
 @click.option("--days", type=click.IntRange(min=14), default=None, help="Simulated days (default 90).")
+@click.option("--rooms", type=click.IntRange(min=1), default=None, help="Simulated rooms (default 120).")
+@click.option("--products", type=click.IntRange(min=1), default=None, help="Simulated products (default 40).")
+@click.option("--attendants", type=click.IntRange(min=1), default=None, help="Simulated attendants (default 8).")
+@click.option("--meters", type=click.IntRange(min=1), default=None, help="Simulated energy meters (default 16).")
 @click.option("--clean", is_flag=True, help="A hotel without anomalies: false incidents on the last 30 days.")
 @click.option("--observations", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CSV of observations (metric_type, entity_id, metric_value, timestamp) instead of the simulator.")
@@ -33,7 +37,8 @@ from utils.settings import current
                                                 "d_entity_iforest,e_new (default: all).")
 @click.option("--json", "json_path", default=None, help="Where to write the results as JSON.")
 @click.option("--cost", is_flag=True, help="Measure per-row training and scanning cost instead.")
-def evaluate_command(seeds: tuple[int, ...], days: Optional[int], clean: bool, observations: Optional[str],
+def evaluate_command(seeds: tuple[int, ...], days: Optional[int], rooms: Optional[int], products: Optional[int],
+                     attendants: Optional[int], meters: Optional[int], clean: bool, observations: Optional[str],
                      labels: Optional[str], detectors: Optional[str], json_path: Optional[str], cost: bool) -> None:
     """Walk-forward evaluation of the detectors on the simulator or a labelled CSV."""
     from utils.ml.evaluation.__main__ import main
@@ -44,7 +49,8 @@ def evaluate_command(seeds: tuple[int, ...], days: Optional[int], clean: bool, o
     argv += ["--window-days", str(current("ML_TRAIN_WINDOW_DAYS")),
              "--contamination", str(current("ML_CONTAMINATION")),
              "--budget", str(current("ML_FALSE_ALERTS_PER_ENTITY_DAY"))]
-    for flag, value in (("--days", days), ("--observations", observations), ("--labels", labels),
+    for flag, value in (("--days", days), ("--rooms", rooms), ("--products", products), ("--attendants", attendants),
+                        ("--meters", meters), ("--observations", observations), ("--labels", labels),
                         ("--detectors", detectors), ("--json", json_path)):
         if value is not None:
             argv += [flag, str(value)]

@@ -11,9 +11,12 @@ share their options, their output and their error handling.
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any, Callable, Optional
 
 import click
+import sklearn
+from sklearn.exceptions import InconsistentVersionWarning
 from flask import current_app
 
 from utils.cli import CLI_ACTOR, cell, dump_json, fail, format_table, ml_cli
@@ -101,6 +104,8 @@ def cleanup_command(keep: Optional[int]) -> None:
     click.echo(f"🗑️  Deleted {result['deleted_count']} old versions (kept {keep} per type), "
                f"{result['orphans_deleted']} orphan and {result['temp_files_deleted']} temporary files; "
                f"freed {result['freed_space_mb']} MB")
+    if result.get("kept_legacy"):
+        click.echo(f"📜 Kept {result['kept_legacy']} old legacy versions (the minibar app's rows are never deleted)")
     if result.get("kept_referenced"):
         click.echo(f"🔗 Kept {len(result['kept_referenced'])} old versions the minibar app's ml_training_logs "
                    f"reference (never deleted): {', '.join(map(str, result['kept_referenced']))}")
@@ -198,8 +203,17 @@ def migrate_command(dry_run: bool, purge_blobs: bool) -> None:
     adopted or already done; 1 if any failed (the others are done all the same).
     """
     # A dry run changes nothing on disk either: not even a missing models directory.
-    result = _manager(create_directory=not dry_run).migrate_from_database(dry_run=dry_run, purge_blobs=purge_blobs)
+    manager = _manager(create_directory=not dry_run)
+    # scikit-learn warns once per class of every legacy model: one line says it all.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InconsistentVersionWarning)
+        result = manager.migrate_from_database(dry_run=dry_run, purge_blobs=purge_blobs)
     for line in migration_report(result):
         click.echo(line)
+    saved = sorted({str(w.message.original_sklearn_version) for w in caught
+                    if issubclass(w.category, InconsistentVersionWarning)})
+    if saved:
+        click.echo(f"⚠️  legacy models were saved with scikit-learn {', '.join(saved)}; this service runs "
+                   f"{sklearn.__version__} (they load; retrain to replace them)")
     if result["failed"]:
         raise fail(f"{result['failed']} model(s) failed to migrate; see the lines above")

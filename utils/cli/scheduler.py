@@ -14,7 +14,7 @@ from flask import current_app
 
 from utils.cli import fail, ml_cli
 from utils.ml.jobs.interrupt import request_stop
-from utils.ml.jobs.scheduler import start_scheduler, stop_scheduler
+from utils.ml.jobs.scheduler import exit_now_if_stuck, start_scheduler, stop_scheduler
 from utils.web.monitoring import start_metrics_server
 
 
@@ -45,8 +45,9 @@ def scheduler_command() -> None:
         while not stop.wait(1.0):
             pass
         click.echo("scheduler stopping: interrupting running jobs, releasing leadership", err=True)
-        stop_scheduler(app)
+        finished = stop_scheduler(app)
         click.echo("scheduler stopped", err=True)
+        exit_now_if_stuck(finished)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

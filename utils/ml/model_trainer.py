@@ -38,6 +38,7 @@ Labels are never used for fitting: the detector stays unsupervised.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -253,9 +254,11 @@ class ModelTrainer:
         return result
 
     def _fingerprint(self, data: TrainingData) -> str:
-        settings = {"feature_version": causal_detector.FEATURE_VERSION, "alert_budget": self.alert_budget,
-                    "contamination": self.contamination, "n_estimators": self.n_estimators,
-                    "random_state": self.random_state, "window_days": self.window_days}
+        # Every setting of the detector as built (a subclass's changes count, and so does
+        # the subclass itself: its _fit may build something else), plus the window.
+        built = dataclasses.asdict(self.settings())
+        settings = {"feature_version": causal_detector.FEATURE_VERSION, "detector": built,
+                    "trainer": type(self).__qualname__, "window_days": self.window_days}
         return fingerprint(data.ids, data.entity_ids, data.values, data.timestamps, data.labels, settings)
 
     @staticmethod
@@ -298,6 +301,7 @@ class ModelTrainer:
                         metric_type=metric_type, model_id=existing, samples=len(data))
             return result
 
+        checkpoint(f"before evaluating {metric_type}")
         evaluation = self._evaluate_on_holdout(data)
         checkpoint(f"before fitting {metric_type}")
         model = self._fit(data, len(data), now.timestamp())

@@ -37,6 +37,9 @@ Per observation, from the entity's previous ``HISTORY`` (= 48) observations
 * ``stuck``: number of immediately preceding observations equal to this one
   x the repeat cost for that value (minus log-probability of such a run),
   0 below ``STUCK_MIN_RUN`` repeats;
+* ``shift``: (median of this row and the previous ``RUN - 1`` deseasonalised
+  values - median of the ``m`` before them) / scale, 0 unless its sign is
+  ``r``'s and the row has ``MIN_PRIOR + RUN - 1`` previous observations;
 * ``drift``: weekly slope when the last ~day's level, last week's median and
   the week before's all move the same way (the smaller of the two steps, in
   scales per week; 0 when they disagree, as after a one-off level shift, and
@@ -45,8 +48,9 @@ Per observation, from the entity's previous ``HISTORY`` (= 48) observations
 An entity unknown to the model (new since training) gets no profile, a scale
 from its own previous observations (inflated by ``1 + 2/sqrt(n)`` for small
 samples) and no drift.  An observation with fewer than ``MIN_PRIOR`` previous
-observations of its entity has no baseline: it is *warming up* and is never
-an alert.  Timestamps are UTC: a hotel far from UTC should shift them to
+observations of its entity (10: with 5, a new room's sixth count met a
+scale from five zeros) has no baseline: it is *warming up* and is never an
+alert.  Timestamps are UTC: a hotel far from UTC should shift them to
 local time before they get here (the profiles are by hour of day).
 """
 from __future__ import annotations
@@ -62,8 +66,9 @@ from utils.ml.detector.state import (  # noqa: F401  (re-exported: the detector 
 )
 
 HISTORY = 48
-MIN_PRIOR = 5
+MIN_PRIOR = 10  # measured: 5 let a new room's 6th count meet a scale from 5 zeros (13 of 58 false incidents)
 LOCAL = 3
+RUN = 3  # rows whose median the shift feature compares with the level before them
 COMMON_SHARE = 0.1  # a value the entity takes this often (an empty room's 0) is never a deviation
 STUCK_MIN_RUN = 2  # a stuck value repeats at least twice (three equal readings): one repeat is chance
 
@@ -79,6 +84,7 @@ class Features:
     ready: np.ndarray  # False: warming up (fewer than MIN_PRIOR previous observations)
     known: np.ndarray  # the entity has state in the model
     common: np.ndarray  # the value is the entity's most common one (>= COMMON_SHARE of its window)
+    shift: np.ndarray = None  # type: ignore[assignment]  # the last RUN rows' median against the level before them
 
     def deviation(self) -> np.ndarray:
         """One signed deviation: ``r`` and ``r_local`` must agree, and the smaller one counts.
@@ -186,7 +192,18 @@ def compute(stats: EntityStats, entity: np.ndarray, ts: np.ndarray, value: np.nd
     expected = np.where(log_floor[t_sorted] > 0, np.exp(np.minimum(baseline, 700.0)), baseline)
     common = known & (v_sorted[t_sorted] == stats.mode[index]) & (stats.mode_share[index] >= COMMON_SHARE) \
         if stats.ids.size else np.zeros(t_sorted.size, dtype=bool)
-    return Features(r, r_local, stuck, drift, expected, scale, ready, known, common)
+    # Shift: the median of this row and the previous RUN - 1 against the median of the m rows before
+    # those, in the entity's scale.  A level shift's or a several-row spike's rows each sit near the
+    # deviation limit, but together they move a median of RUN that normal noise rarely moves.
+    last = np.column_stack([x - season[t_sorted], y_prev[:, :RUN - 1]])
+    before = y_prev[:, RUN - 1:RUN - 1 + LEVEL_MAX].copy()
+    before[np.arange(LEVEL_MAX)[None, :] >= m[:, None]] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        shift = (row_median(last) - row_median(before)) / scale
+    shift = np.where(ready & (n_prior >= MIN_PRIOR + RUN - 1) & np.isfinite(shift) & (np.sign(shift) == np.sign(r)),
+                     shift, 0.0)
+    return Features(r, r_local, stuck, drift, expected, scale, ready, known, common, shift)
 
 
 def fit_scale(stats: EntityStats, features: Features, entity: np.ndarray) -> None:
@@ -206,6 +223,6 @@ def fit_scale(stats: EntityStats, features: Features, entity: np.ndarray) -> Non
             target[i] = max(float(robust_scale(resid - np.median(resid))) if resid.size >= 3 else floor, floor)
     new_scale = np.where(known, stats.scale[index], features.scale)
     features.r_local = features.r_local / np.where(known, stats.scale_local[index], 1.0)
-    for name in ("r", "drift"):
+    for name in ("r", "drift", "shift"):
         setattr(features, name, getattr(features, name) * features.scale / new_scale)
     features.scale = new_scale

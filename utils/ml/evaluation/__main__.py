@@ -6,7 +6,7 @@ Examples::
     python -m utils.ml.evaluation --clean --seed 1                     # a month without anomalies
     python -m utils.ml.evaluation --observations obs.csv --labels labels.csv   # your own labelled data
     python -m utils.ml.evaluation --seed 1 --write-csv out/            # export the simulated hotel
-    python -m utils.ml.evaluation --merge a.json b.json                # pool saved runs
+    python -m utils.ml.evaluation --merge a.json b.json                # pool saved runs (same seed: one run)
 
 Exit status 0 on success, 2 with a one-line reason on bad input.
 """
@@ -22,7 +22,7 @@ from typing import Any, Optional
 from utils.ml.evaluation import data as datamod
 from utils.ml.evaluation.baselines import DETECTORS, NewDetector
 from utils.ml.detector.model import DetectorSettings
-from utils.ml.evaluation.report import full_report
+from utils.ml.evaluation.report import full_report, spread_table
 from utils.ml.evaluation.simulator import HotelConfig, simulate
 from utils.ml.evaluation.walkforward import WalkForwardConfig, combine, evaluate
 
@@ -105,11 +105,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
     try:
         if args.merge:
-            runs = []
+            by_label: dict[str, Any] = {}  # runs of one dataset (label) from several files: one run, detectors joined
             for path in args.merge:
-                runs += json.loads(Path(path).read_text())["runs"]
+                for one in json.loads(Path(path).read_text())["runs"]:
+                    if one.get("label") in by_label:
+                        by_label[one["label"]]["detectors"].update(one["detectors"])
+                    else:
+                        by_label[one.get("label") or f"run {len(by_label)}"] = one
+            runs = list(by_label.values())
             pooled = combine(runs)
             print(full_report(f"pooled over {len(runs)} runs", pooled))
+            print("\nmean +- sd over runs\n" + spread_table(runs))
             return 0
         started = time.perf_counter()
         path = Path(args.json_path) if args.json_path else DEFAULT_OUTPUT / f"evaluation_{int(time.time())}.json"
@@ -125,6 +131,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             output = run(args, path)
         if output.get("pooled"):
             print(full_report(f"pooled over {len(output['runs'])} runs", output["pooled"]))
+            print("\nmean +- sd over runs\n" + spread_table(output["runs"]))
         output["seconds"] = round(time.perf_counter() - started, 1)
         path.write_text(json.dumps(output, indent=1, default=str))
         print(f"\nwrote {path}")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import numpy as np
+
 KIND_ORDER = ("spike", "dip", "level_shift", "contextual", "stuck", "drift")
 
 
@@ -50,6 +52,36 @@ def metric_table(results: dict[str, Any]) -> str:
             cells.append("-" if o is None else
                          f"{_f(o['precision'])}/{_f(o['recall'])}/{_f(o['f1'])} {_f(o['false_incidents_per_100_entity_days'])}")
         lines.append(f"{name:<18} " + " ".join(f"{c:>22}" for c in cells))
+    return "\n".join(lines)
+
+
+def spread_table(runs: list[dict[str, Any]]) -> str:
+    """Mean and standard deviation over runs (seeds) of P, R, F1, false incidents and each kind's recall.
+
+    One run's numbers rest on a few dozen events; the spread says how far a
+    difference between detectors or settings can be trusted.
+    """
+    names = list(dict.fromkeys(n for run in runs for n in run["detectors"]))
+    kinds = [k for k in KIND_ORDER if any(k in run["detectors"][n]["overall"]["kinds"]
+                                          for run in runs for n in run["detectors"])]
+    cols = ["P", "R", "F1", "FI/100ed"] + list(kinds)
+    head = f"{'detector':<18} " + " ".join(f"{c[:11]:>11}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for name in names:
+        rows = [run["detectors"][name]["overall"] for run in runs if name in run["detectors"]]
+        cells = []
+        for col in cols:
+            key = {"P": "precision", "R": "recall", "F1": "f1", "FI/100ed": "false_incidents_per_100_entity_days"}
+            values = [o[key[col]] if col in key else (o["kinds"].get(col) or {}).get("recall") for o in rows]
+            values = [x for x in values if x is not None]
+            cells.append("-" if not values else f"{np.mean(values):.2f}+-{np.std(values):.2f}")
+        lines.append(f"{name:<18} " + " ".join(f"{c:>11}" for c in cells))
+    best = max((n for n in names if n != "e_new"), default=None,
+               key=lambda n: np.mean([run["detectors"][n]["overall"]["f1"] or 0.0 for run in runs if n in run["detectors"]]))
+    if best is not None and "e_new" in names:
+        ratios = [(run["detectors"]["e_new"]["overall"]["f1"] or 0.0) / max(run["detectors"][best]["overall"]["f1"] or 0.0, 1e-9)
+                  for run in runs if best in run["detectors"] and "e_new" in run["detectors"]]
+        lines.append(f"e_new F1 / best baseline ({best}) F1 per run: mean {np.mean(ratios):.2f}, min {np.min(ratios):.2f}")
     return "\n".join(lines)
 
 

@@ -41,7 +41,7 @@ class MLIncident(db.Model):
     severity: Mapped[str] = mapped_column(String(16), nullable=False)
     peak_score: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     peak_value: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
-    peak_alert_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    peak_observation_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     method: Mapped[Optional[str]] = mapped_column(String(40), nullable=True)
     model_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     is_false_positive: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=false())

@@ -62,7 +62,7 @@ def incident_to_dict(incident: MLIncident) -> dict[str, Any]:
         "started_at": as_utc(incident.started_at), "ended_at": as_utc(incident.ended_at),
         "alert_count": incident.alert_count, "severity": incident.severity,
         "peak_score": incident.peak_score, "peak_value": incident.peak_value,
-        "peak_alert_id": incident.peak_alert_id, "method": incident.method, "model_id": incident.model_id,
+        "peak_observation_id": incident.peak_observation_id, "method": incident.method, "model_id": incident.model_id,
         "is_false_positive": bool(incident.is_false_positive),
         "false_positive_at": as_utc(incident.false_positive_at),
         "created_at": as_utc(incident.created_at), "updated_at": as_utc(incident.updated_at),

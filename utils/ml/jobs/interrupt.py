@@ -10,11 +10,14 @@ that was asked to stop does not start new work either.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 _stop = threading.Event()
+_running = {"count": 0}
+_idle = threading.Condition()
 
 
 class JobInterrupted(RuntimeError):
@@ -36,34 +39,52 @@ def checkpoint(where: str) -> None:
         raise JobInterrupted(f"interrupted by shutdown {where}")
 
 
+@contextlib.contextmanager
+def job_running() -> Iterator[None]:
+    """Mark a job as running in this process for the block (the job runner wraps every run)."""
+    with _idle:
+        _running["count"] += 1
+    try:
+        yield
+    finally:
+        with _idle:
+            _running["count"] -= 1
+            _idle.notify_all()
+
+
+def wait_for_jobs(timeout: float) -> bool:
+    """Wait until no job runs in this process (at most ``timeout`` s); True when none does.
+
+    A stopping process calls this after :func:`request_stop`, so each job gets
+    to its next safe point and records itself as interrupted before the exit.
+    """
+    with _idle:
+        return _idle.wait_for(lambda: _running["count"] == 0, timeout=timeout)
+
+
 def reset_for_tests() -> None:
     """Clear the flag (an in-process test that stopped a job goes on with the next)."""
     _stop.clear()
 
 
-def guard_worker_signals() -> None:
-    """In a gunicorn worker (``post_worker_init``): every stop signal also asks jobs to stop, and a
-    second SIGINT/SIGQUIT is ignored.
+def guard_worker_signals(worker: Any) -> None:
+    """In a gunicorn worker (``post_worker_init``): SIGTERM, SIGINT and SIGQUIT all ask jobs to
+    stop and end the worker's loop (``worker.alive = False``); none raises anything.
 
-    Why: Ctrl-C in a terminal sends SIGINT to the whole process group, so a
-    worker gets SIGINT from the terminal *and* SIGQUIT from the master.
-    gunicorn's handler answers each with ``sys.exit``; the second one raised
-    inside the first one's exit path (the ``worker_exit`` hook stopping the
-    scheduler) left the scheduler half stopped and its job thread running,
-    the interpreter waited for that thread, and the master SIGKILLed the
-    worker after ``GUNICORN_GRACEFUL_TIMEOUT``.
+    Why: gunicorn answers SIGINT/SIGQUIT in a worker with ``sys.exit`` from the
+    signal handler, an exception raised at whatever line the main thread is
+    on.  Ctrl-C in a terminal reaches every process of the group, so the
+    scheduler-leader worker got SIGINT from the terminal and SIGQUIT from the
+    master; landing inside the scheduler's start or stop, such an exception
+    left it half started or half stopped with a thread still running, the
+    interpreter waited for that thread, and the master SIGKILLed the worker
+    after ``GUNICORN_GRACEFUL_TIMEOUT`` (about one stop in four).  Ending the
+    loop instead lets the worker leave through its normal exit path, which
+    stops the scheduler within its bounded wait.
     """
-    quitting = {"seen": False}
+    def handler(signum: int, frame: Any) -> None:
+        request_stop()
+        worker.alive = False
+
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        previous = signal.getsignal(sig)
-
-        def handler(signum: int, frame: Any, previous: Any = previous) -> None:
-            request_stop()
-            if signum != signal.SIGTERM:
-                if quitting["seen"]:
-                    return  # already on the way out: let the exit path finish
-                quitting["seen"] = True
-            if callable(previous):
-                previous(signum, frame)
-
         signal.signal(sig, handler)

@@ -42,7 +42,7 @@ from utils.db_bounds import JOB, bounds_profile
 from utils.extensions import db
 from utils.ml import events
 from utils.ml.jobs.definitions import JOBS, Job, JobError, UnknownJobError, get_job
-from utils.ml.jobs.interrupt import JobInterrupted, checkpoint
+from utils.ml.jobs.interrupt import JobInterrupted, checkpoint, job_running
 from utils.ml.jobs.locks import JOB_LOCK_CLASS, DistributedLock, LockKeeper, make_lock, one_line
 from utils.ml.jobs.records import (
     STATUS_FAILED,
@@ -107,6 +107,17 @@ def _renew_every(app: Flask) -> float:
 
 
 def _run(job: Job, run_id: int, trigger: str, scheduled_for: datetime, details: dict[str, Any],
+         actor: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Run ``job`` for the claimed row ``run_id``; record and announce the outcome.
+
+    Re-raises the job's exception after recording it as ``failed`` (``interrupted``
+    for a shutdown).  Counted as running, so a stopping process waits for it.
+    """
+    with job_running():
+        return _run_marked(job, run_id, trigger, scheduled_for, details, actor, params)
+
+
+def _run_marked(job: Job, run_id: int, trigger: str, scheduled_for: datetime, details: dict[str, Any],
          actor: str, params: dict[str, Any]) -> dict[str, Any]:
     """Run ``job`` for the claimed row ``run_id``; record and announce the outcome.
 

@@ -34,7 +34,7 @@ from flask import Flask
 
 from utils.ml import events
 from utils.ml.jobs.definitions import JOBS
-from utils.ml.jobs.interrupt import guard_worker_signals, request_stop
+from utils.ml.jobs.interrupt import request_stop, wait_for_jobs
 from utils.ml.jobs.leader import LeaderElector
 from utils.ml.jobs.locks import LEADER_LOCK_CLASS, LEADER_LOCK_NAME, make_lock
 from utils.ml.jobs.runner import run_scheduled_tick, tick_for
@@ -81,8 +81,6 @@ class MLScheduler:
             validity, backend = 3 * heartbeat, "postgresql"
         self.elector = LeaderElector(lock, heartbeat, validity, backend=backend)
         self._stopping = threading.Event()
-        self._in_flight = 0
-        self._in_flight_done = threading.Condition()
         self._aps = BackgroundScheduler(
             timezone=timezone.utc,
             # One thread per job: a long training run never delays a scan.
@@ -114,35 +112,30 @@ class MLScheduler:
         scheduled_for = tick_for(time.time(), interval)
         if self._stopping.is_set() or not self.elector.is_leader():
             return None
-        with self._in_flight_done:
-            self._in_flight += 1
-        try:
-            return run_scheduled_tick(self.app, name, scheduled_for)
-        finally:
-            with self._in_flight_done:
-                self._in_flight -= 1
-                self._in_flight_done.notify_all()
+        return run_scheduled_tick(self.app, name, scheduled_for)
 
-    def shutdown(self, wait: bool = True, timeout: float = SHUTDOWN_WAIT_SECONDS) -> None:
+    def shutdown(self, wait: bool = True, timeout: float = SHUTDOWN_WAIT_SECONDS) -> bool:
         """Stop ticking, wait for running jobs (``wait``, at most ``timeout`` seconds), then give
         leadership up.
 
         A process that is stopping calls :func:`~utils.ml.jobs.interrupt.request_stop` first
         (the signal paths do), so a running job stops at its next safe point within the wait;
         one that has not by then is recorded as abandoned by the next run.
+        Returns False when a job was still running at the end of the wait.
         """
         if self._stopping.is_set():
-            return
+            return True
         self._stopping.set()
+        finished = True
         try:
             if self._aps.running:
                 self._aps.shutdown(wait=False)
-            if wait:
-                with self._in_flight_done:
-                    self._in_flight_done.wait_for(lambda: self._in_flight == 0, timeout=timeout)
+            if wait:  # every job of this process: ticks, and API calls running one in a request thread
+                finished = wait_for_jobs(timeout)
         finally:
             self.elector.stop()
             events.emit("scheduler_stopped", f"scheduler stopped in pid {os.getpid()}", pid=os.getpid())
+        return finished
 
     def describe(self) -> dict[str, Any]:
         jobs = {}
@@ -172,13 +165,26 @@ def start_scheduler(app: Flask) -> MLScheduler:
         return scheduler
 
 
-def stop_scheduler(app: Flask, wait: bool = True) -> None:
-    """Stop this process's scheduler for ``app``, if one runs, and release leadership."""
+def stop_scheduler(app: Flask, wait: bool = True) -> bool:
+    """Stop this process's scheduler for ``app``, if one runs, and release leadership;
+    False when a job was still running after the bounded wait."""
     with _start_lock:
         scheduler = app.extensions.get(EXTENSION_KEY)
         app.extensions[EXTENSION_KEY] = None
     if scheduler is not None:
-        scheduler.shutdown(wait=wait)
+        return scheduler.shutdown(wait=wait)
+    return True
+
+
+def exit_now_if_stuck(finished: bool) -> None:
+    """A stopping process whose job did not reach a safe point in time exits at once: the
+    interpreter would otherwise wait for that thread (a fit can take minutes), and a
+    supervisor would SIGKILL it.  Its run row is marked abandoned by the next run."""
+    if finished:
+        return
+    logger.warning("a job did not reach a safe point within %ss; exiting without it", SHUTDOWN_WAIT_SECONDS)
+    logging.shutdown()
+    os._exit(0)
 
 
 def start_for_web_worker(wsgi_app: Any) -> Optional[MLScheduler]:
@@ -186,7 +192,6 @@ def start_for_web_worker(wsgi_app: Any) -> Optional[MLScheduler]:
     if not isinstance(wsgi_app, Flask):
         logger.warning("scheduler not started: the WSGI app is %r, not the Flask app", type(wsgi_app).__name__)
         return None
-    guard_worker_signals()
     if not (wsgi_app.config.get("ML_SCHEDULER_ENABLED") and wsgi_app.config.get("ML_ENABLED")):
         return None
     return start_scheduler(wsgi_app)
@@ -195,8 +200,8 @@ def start_for_web_worker(wsgi_app: Any) -> Optional[MLScheduler]:
 def stop_for_web_worker(wsgi_app: Any) -> None:
     """gunicorn ``worker_exit``: interrupt this worker's jobs, stop its scheduler (if it started one)."""
     request_stop()
-    if isinstance(wsgi_app, Flask):
-        stop_scheduler(wsgi_app)
+    finished = stop_scheduler(wsgi_app) if isinstance(wsgi_app, Flask) else True
+    exit_now_if_stuck(finished and wait_for_jobs(SHUTDOWN_WAIT_SECONDS))
 
 
 def init_app(app: Flask) -> None:

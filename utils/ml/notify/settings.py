@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from utils import settings as service_settings
 from utils.settings_notify import SEVERITIES, NotifyConfigError, check_together, shown
 
-__all__ = ["BY_NAME", "SETTINGS", "SEVERITIES", "channels", "load", "markdown_table", "shown"]
+__all__ = ["BY_NAME", "SETTINGS", "SEVERITIES", "NotifyConfigError", "channels", "load", "markdown_table", "shown"]
 
 PREFIX = "ML_NOTIFY_"
 SETTINGS: tuple[service_settings.Setting, ...] = tuple(
@@ -63,5 +63,3 @@ def markdown_table() -> str:
         rows.append(f"| `{s.env}` | {default if default == 'unset' else f'`{default}`'} | {s.doc} |")
     return "\n".join(rows)
 
-
-NotifyConfigError = NotifyConfigError

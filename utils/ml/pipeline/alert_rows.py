@@ -5,14 +5,15 @@ vocabulary is filled by the ORM defaults and the ``Severity`` type);
 :func:`insert_alerts` inserts them with ``INSERT ... ON CONFLICT
 (observation_id) DO NOTHING`` so the unique constraint, not a prior check,
 decides whether an observation already has its alert; :func:`record_alerts`
-does both and groups the alerts actually inserted into incidents
-(:mod:`utils.ml.incidents.grouping`), in the caller's transaction.
+groups a batch's new alerts into incidents (:mod:`utils.ml.incidents.grouping`)
+and inserts them with their ``incident_id``, in the caller's transaction.
 """
 from __future__ import annotations
 
 from typing import Any, Optional
 
 import numpy as np
+from sqlalchemy import select
 
 from utils.extensions import db
 from utils.ml.incidents.grouping import NewAlert, group_alerts
@@ -83,23 +84,37 @@ def insert_alerts(rows: list[dict[str, Any]]) -> int:
     return len(_insert_returning(rows))
 
 
+def _already_alerted(observation_ids: list[int]) -> set[int]:
+    table = MLAlert.__table__
+    found: set[int] = set()
+    for i in range(0, len(observation_ids), 500):
+        found.update(db.session.execute(select(table.c.observation_id)
+                                        .where(table.c.observation_id.in_(observation_ids[i:i + 500]))).scalars())
+    return found
+
+
 def record_alerts(metric_type: str, batch: ObservationBatch, scores: Scores, method: Optional[str],
                   model_id: Optional[int]) -> dict[str, int]:
-    """Insert the batch's alerts and group the new ones into incidents; the caller commits.
+    """Group the batch's alerts into incidents, then insert them with their ``incident_id``; the caller commits.
 
-    Returns ``{"candidates", "inserted", "opened", "extended"}``.
+    Observations that already have an alert (a rescan) are left out before
+    grouping, so they count toward no incident; ``ON CONFLICT DO NOTHING``
+    still guards the insert.  Returns ``{"candidates", "inserted", "opened", "extended"}``.
     """
     rows = alert_rows(metric_type, batch, scores, method, model_id)
-    inserted = _insert_returning(rows)
-    by_observation = {row["observation_id"]: row for row in rows}
-    position = {int(oid): i for i, oid in enumerate(batch.observation_ids)} if inserted else {}
+    if not rows:
+        return {"candidates": 0, "inserted": 0, "opened": 0, "extended": 0}
+    existing = _already_alerted([row["observation_id"] for row in rows])
+    fresh = [row for row in rows if row["observation_id"] not in existing]
+    position = {int(oid): i for i, oid in enumerate(batch.observation_ids)}
     now = utcnow().timestamp()
-    new = []
-    for alert_id, observation_id in inserted:
-        row, i = by_observation[observation_id], position[observation_id]
-        observed = float(batch.timestamps[i]) if batch.timestamps is not None else now
-        new.append(NewAlert(alert_id, row["entity_id"], observed, row["severity"], row["anomaly_score"],
-                            row["metric_value"]))
-    grouped = group_alerts(db.session, metric_type, new, gap_seconds=float(current("ML_INCIDENT_GAP_HOURS")) * 3600,
-                           method=method, model_id=model_id)
+    new = [NewAlert(row["observation_id"], row["entity_id"],
+                    float(batch.timestamps[position[row["observation_id"]]]) if batch.timestamps is not None else now,
+                    row["severity"], row["anomaly_score"], row["metric_value"]) for row in fresh]
+    assignment, grouped = group_alerts(db.session, metric_type, new,
+                                       gap_seconds=float(current("ML_INCIDENT_GAP_HOURS")) * 3600,
+                                       method=method, model_id=model_id)
+    for row in fresh:
+        row["incident_id"] = assignment[row["observation_id"]]
+    inserted = _insert_returning(fresh)
     return {"candidates": len(rows), "inserted": len(inserted), **grouped}

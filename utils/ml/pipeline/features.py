@@ -206,4 +206,22 @@ def model_input(model: Any, matrix: np.ndarray) -> np.ndarray:
     """
     if is_feature_pipeline(model):
         return matrix
+    _forget_column_names(model)
     return matrix[:, 1:2]
+
+
+def _forget_column_names(model: Any) -> None:
+    """Score a legacy estimator the way it is called: with an array, names dropped on both sides.
+
+    The original app fitted on a one-column DataFrame, so the estimator keeps
+    ``feature_names_in_``; scoring it with an array (pandas is not a
+    dependency) made scikit-learn warn on every call, and the warning filters
+    its joblib threads swap around each tree let the warning through hundreds
+    of times a minute.  The single column is the value either way.
+    """
+    names = getattr(model, "feature_names_in_", None)
+    if names is not None and len(names) == 1:
+        try:
+            del model.feature_names_in_
+        except AttributeError:  # another thread got there first
+            pass

@@ -11,10 +11,15 @@
 * they are read and scored in batches of ``ML_SCAN_BATCH_SIZE`` with one
   :class:`~utils.ml.pipeline.detection.DetectorChain` (the model is loaded
   once per metric type, features are computed for the whole batch at once);
+  scoring is causal: each observation against its own entity's observations
+  before it, whose last 48 (up to the watermark) are read once per entity and
+  carried from batch to batch (:class:`~utils.ml.pipeline.history.HistoryCache`);
 * each batch is one transaction: lock the watermark row (``UPDATE ...
   RETURNING``, which also takes SQLite's write lock), read the batch from the
-  locked watermark, insert one ``ml_alerts`` row per anomaly with ``INSERT ...
-  ON CONFLICT (observation_id) DO NOTHING``, advance the watermark, commit.
+  locked watermark, group the new anomalies into incidents
+  (:mod:`utils.ml.incidents.grouping`), insert one ``ml_alerts`` row per anomaly
+  (with its ``incident_id``) with ``INSERT ... ON CONFLICT (observation_id) DO
+  NOTHING``, advance the watermark, commit.
   A crash loses at most the uncommitted batch, which the next scan redoes;
   two scans running at once serialise on the watermark row, and even a
   duplicate attempt cannot create a second alert for an observation: the

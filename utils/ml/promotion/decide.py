@@ -29,6 +29,8 @@ from utils.ml.pipeline.scoring import Scores
 from utils.ml.promotion.gate import GateSettings, judge, measure
 from utils.ml.promotion.models import HELD, KEPT, PROMOTED, REASON_MAX, REJECTED, GateDecision
 from utils.ml.promotion.pins import get_pin
+from utils.ml.store.base import ModelManagerError
+from utils.ml.store.legacy import INCOMPATIBLE
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +45,18 @@ def check_mode(mode: Any) -> str:
     return mode
 
 
-def _champion(manager: Any, model_type: str, metric_type: str, challenger_id: int) -> tuple[Optional[int], Any, str]:
-    """``(champion id, loaded model or None, why not loaded)``; (None, None, ...) when the type has none."""
+def _champion(manager: Any, model_type: str, metric_type: str,
+              challenger_id: int) -> tuple[Optional[int], Any, str, Optional[str]]:
+    """``(champion id, loaded model or None, why not loaded, reason code)``; (None, None, ...) when the type has none."""
+    from utils.ml.store import registry
+
+    # Asked first: loading a type that has no active version would log a model_fallback warning.
+    if registry.active_meta(db.session, model_type, metric_type) is None:
+        return None, None, "no active version", None
     outcome = manager.load_active(model_type, metric_type)
     if outcome.model_id is None or outcome.model_id == challenger_id:
-        return None, None, outcome.reason or "no active version"
-    return outcome.model_id, outcome.model, outcome.detail or outcome.reason or ""
+        return None, None, outcome.reason or "no active version", outcome.reason
+    return outcome.model_id, outcome.model, outcome.detail or outcome.reason or "", outcome.reason
 
 
 def decide(manager: Any, *, model_type: str, metric_type: str, challenger_id: int, challenger: Any,
@@ -68,7 +76,7 @@ def decide(manager: Any, *, model_type: str, metric_type: str, challenger_id: in
     """
     cfg = GateSettings.current()
     session = db.session
-    champion_id, champion, load_problem = _champion(manager, model_type, metric_type, challenger_id)
+    champion_id, champion, load_problem, load_reason = _champion(manager, model_type, metric_type, challenger_id)
     db.session.rollback()  # end the read; the scoring below may take a while
     mine = score(challenger)
     theirs = None
@@ -93,6 +101,9 @@ def decide(manager: Any, *, model_type: str, metric_type: str, challenger_id: in
         decision, reason = KEPT, f"--promote never; {verdict}"
     elif champion_id is None and mode == "auto":
         decision, reason = PROMOTED, f"first model of its type; {verdict}"
+    elif load_reason == INCOMPATIBLE and mode == "auto":
+        # A legacy model (the minibar app's aggregate features) detection never uses: nothing to defend.
+        decision, reason = PROMOTED, f"champion {champion_id} takes an input this service cannot compute; {verdict}"
     elif mode == "always":
         decision, reason = PROMOTED, f"--promote always; {verdict}"
     elif passed:
@@ -102,7 +113,11 @@ def decide(manager: Any, *, model_type: str, metric_type: str, challenger_id: in
     session.rollback()
     if decision == PROMOTED:
         # The one activation path: verified, serialised, audited in ml_model_activations.
-        manager.activate_model(challenger_id, actor=actor, reason=f"gate: {reason}"[:200])
+        try:
+            manager.activate_model(challenger_id, actor=actor, reason=f"gate: {reason}"[:200])
+        except ModelManagerError as exc:  # its file failed verification: the champion stays, and we say why
+            session.rollback()
+            decision, reason = REJECTED, f"activation refused: {exc}; {reason}"
     reason = reason[:REASON_MAX]
     session.add(GateDecision(model_type=model_type, metric_type=metric_type, challenger_id=challenger_id,
                              champion_id=champion_id, mode=mode, decision=decision, reason=reason, metrics=numbers,

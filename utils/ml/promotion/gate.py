@@ -17,17 +17,20 @@ the two scoring passes into numbers, :func:`judge` into a verdict:
   construction; the causal detector's is its alert *budget*
   (``ML_FALSE_ALERTS_PER_ENTITY_DAY`` x the sample's entity-days / samples,
   given by the caller as ``budget_rate``), a ceiling on the alerts the
-  champion did not raise: flagging less than the budget on calm data is the
+  champion did not raise (with labels: on the false positives beyond the
+  champion's): flagging less than the budget on calm data is the
   calibration working, and alerts both raise are the data's, not the
   challenger's.  A rule whose sample is too small to say anything (fewer
-  than :data:`MIN_EXPECTED` flags expected, or for the budget also raised)
-  is reported as not judged, not failed.
+  than :data:`MIN_EXPECTED` flags expected or flagged) is reported as not
+  judged, not failed; the upper rate bound allows for Poisson noise
+  (:func:`_rate_rule`).
 
 No champion (the first model of a type) or a champion that cannot be
 loaded: only the target rate is judged.  The numbers are all JSON-ready.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -133,32 +136,45 @@ def measure(challenger_scores: np.ndarray, challenger_flags: np.ndarray, labels:
 
 
 def _rate_rule(name: str, rate: float, reference: float, ratio: float, n: int, problems: list[str],
-               notes: list[str]) -> None:
-    if reference * n < MIN_EXPECTED:
-        notes.append(f"{name} not judged: {reference * n:.1f} alerts expected in {n} observations")
+               notes: list[str], upper_only: bool = False) -> None:
+    """Flags within ``ratio`` of ``reference * n``, in counts.
+
+    Above: allowed up to ``ratio * expected`` plus two Poisson standard
+    deviations and :data:`RATE_SLACK`, so a handful of flags on a small
+    sample is never a failure while a model flagging a third of everything
+    always is.  Below (not with ``upper_only``): only judged when at least
+    :data:`MIN_EXPECTED` flags are expected (zero flags are plausible otherwise).
+    """
+    flags, expected = rate * n, reference * n
+    high = ratio * expected + 2 * math.sqrt(ratio * expected) + RATE_SLACK
+    if flags > high:
+        problems.append(f"alert rate {rate:.4f} above {high / n:.4f} ({name} {reference:.4f}, factor {ratio:g})")
+    if upper_only:
         return
-    low, high = reference / ratio, reference * ratio
-    slack = RATE_SLACK / n
-    if not low - slack <= rate <= high + slack:
-        problems.append(f"alert rate {rate:.4f} outside {low:.4f}..{high:.4f} ({name})")
+    if expected < MIN_EXPECTED:
+        notes.append(f"{name}: too low not judged ({expected:.1f} alerts expected in {n} observations)")
+    elif flags < expected / ratio - RATE_SLACK:
+        problems.append(f"alert rate {rate:.4f} below {(expected / ratio - RATE_SLACK) / n:.4f} "
+                        f"({name} {reference:.4f}, factor {ratio:g})")
 
 
 def _budget_rule(extra: int, budget_rate: float, ratio: float, n: int, problems: list[str],
                  notes: list[str]) -> None:
-    """The causal detector's ceiling: alerts beyond the champion's at most ``ratio`` x the false-alert budget.
+    """The causal detector's ceiling: alerts beyond the champion's within ``ratio`` x the false-alert budget.
 
-    Judged once :data:`MIN_EXPECTED` such alerts are expected *or* raised:
-    30 where 0.1 were expected is a flood however small the sample.
+    The same Poisson allowance as :func:`_rate_rule`; judged once
+    :data:`MIN_EXPECTED` such alerts are expected *or* raised: 30 where 0.1
+    were expected is a flood however small the sample.
     """
     expected = budget_rate * n
     if expected < MIN_EXPECTED and extra < MIN_EXPECTED:
         notes.append(f"alert budget not judged: {expected:.1f} false alerts expected, {extra} raised "
                      f"beyond the champion's in {n} observations")
         return
-    high = budget_rate * ratio
-    if extra / n > high + RATE_SLACK / n:
-        problems.append(f"alert rate {extra / n:.4f} outside 0..{high:.4f} (alerts beyond the champion's "
-                        f"vs alert budget)")
+    high = ratio * expected + 2 * math.sqrt(ratio * expected) + RATE_SLACK
+    if extra > high:
+        problems.append(f"alert rate {extra / n:.4f} above {high / n:.4f} (alerts beyond the champion's vs "
+                        f"alert budget {budget_rate:.4f}, factor {ratio:g})")
 
 
 def judge(numbers: dict[str, Any], cfg: GateSettings) -> tuple[bool, str, list[str]]:
@@ -171,14 +187,22 @@ def judge(numbers: dict[str, Any], cfg: GateSettings) -> tuple[bool, str, list[s
         return False, "none", ["no recent observations to judge on"]
     use_labels = (champion is not None and numbers["labelled"] >= cfg.min_labelled
                   and numbers["labelled_anomalies"] > 0)
+    rate = challenger["alert_rate"]
+    budget = numbers.get("alert_budget_rate")
+    target = cfg.target_rate if budget is None else budget
     if use_labels:
         f1, best = challenger.get("f1") or 0.0, champion.get("f1") or 0.0
         if f1 < best - cfg.max_f1_drop:
             problems.append(f"F1 {f1:.3f} is more than {cfg.max_f1_drop:g} below the champion's {best:.3f}")
-        return not problems, "labels", problems or [f"F1 {f1:.3f} vs champion {best:.3f}"]
-    rate = challenger["alert_rate"]
-    budget = numbers.get("alert_budget_rate")
-    target = cfg.target_rate if budget is None else budget
+        # A few dozen labelled anomalies leave F1 noisy: a model that flags far more than the
+        # target can tie on F1 by recall alone, and would still drown the operators in alerts.
+        if budget is None:
+            _rate_rule("vs target ML_CONTAMINATION", rate, cfg.target_rate, cfg.max_rate_ratio, n, problems, notes,
+                       upper_only=True)
+        else:
+            _budget_rule(max(challenger["fp"] - champion["fp"], 0), budget, cfg.max_rate_ratio, n, problems, notes)
+        return not problems, "labels", problems + notes + [f"F1 {f1:.3f} vs champion {best:.3f}, "
+                                                           f"alert rate {rate:.4f}"]
     if budget is None:
         _rate_rule("vs target ML_CONTAMINATION", rate, target, cfg.max_rate_ratio, n, problems, notes)
     else:

@@ -102,7 +102,10 @@ def migrate_from_database(session: Session, store: ModelStore, max_bytes: int, d
     # (after re-verifying the file), otherwise skipped.
     purgeable = session.execute(
         select(MLModel.id, MLModel.model_type, MLModel.metric_type)
-        .where(MLModel.model_data.is_not(None), MLModel.model_path.is_not(None)).order_by(MLModel.id)
+        # An adopted row's BLOB is the app's FILE_BASED marker, its value: never purged.
+        .where(MLModel.model_data.is_not(None), MLModel.model_path.is_not(None), MLModel.legacy_path.is_(None),
+               MLModel.checksum_sha256.is_not(None))
+        .order_by(MLModel.id)
     ).all() if purge_blobs else []
     skipped = session.execute(
         select(func.count()).select_from(MLModel).where(MLModel.model_path.is_not(None))

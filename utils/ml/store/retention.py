@@ -5,6 +5,12 @@ crash leaves at worst an orphan file, never a row pointing at nothing.  Files
 no row references (and temporary files) are removed once they are older than
 the grace period, which covers a save between its rename and its commit.
 
+Only versions this service saved (library versions recorded) are ever
+deleted: a legacy row (the minibar app's BLOB or file era, migrated or not) is
+that app's record of what it trained, which its dashboard lists and its own
+cleanup prunes; it counts towards the versions kept and is reported in
+``kept_legacy``.
+
 On a database shared with the minibar app, ``ml_training_logs.model_id``
 references ``ml_models(id)`` (no ON DELETE).  A version one of its training
 logs references is kept whole (row, BLOB, file) and reported in
@@ -60,16 +66,20 @@ def cleanup_old_models(session: Session, store: ModelStore, keep_versions: int, 
     check_whole_number("keep_versions", keep_versions, 1, error=ModelValidationError)
     started = time.perf_counter()
     rows = session.execute(
-        select(MLModel.id, MLModel.model_type, MLModel.metric_type, MLModel.model_path, MLModel.is_active)
+        select(MLModel.id, MLModel.model_type, MLModel.metric_type, MLModel.model_path, MLModel.is_active,
+               MLModel.sklearn_version.is_(None))
         .order_by(MLModel.model_type, MLModel.metric_type, MLModel.created_at.desc(), MLModel.id.desc())
     ).all()
     seen: dict[tuple[str, str], int] = {}
     doomed: list[tuple[int, Optional[str]]] = []
     kept: list[str] = []
-    for row_id, model_type, metric_type, key, is_active in rows:
+    kept_legacy = 0
+    for row_id, model_type, metric_type, key, is_active, legacy in rows:
         rank = seen.get((model_type, metric_type), 0)
         seen[(model_type, metric_type)] = rank + 1
-        if rank < keep_versions or is_active:
+        if legacy and not (rank < keep_versions or is_active):
+            kept_legacy += 1  # the minibar app's (or its BLOB era's) version: its record, never ours to delete
+        if rank < keep_versions or is_active or legacy:
             if key:
                 kept.append(key)
         else:
@@ -110,6 +120,7 @@ def cleanup_old_models(session: Session, store: ModelStore, keep_versions: int, 
         "kept_models": sorted(kept),
         "files_deleted": files_deleted,
         "kept_referenced": kept_referenced,
+        "kept_legacy": kept_legacy,
         "orphans_deleted": orphans["orphans"],
         "temp_files_deleted": orphans["temp"],
         "errors": errors,

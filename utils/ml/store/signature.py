@@ -6,6 +6,8 @@ Recorded in ``ml_models.input_signature`` (revision 0012) as JSON:
   ``metric_value`` (the minibar app's BLOB era);
 * ``{"kind": "pipeline", "features": [...], "feature_version": N}`` — our saved
   pipeline (:func:`utils.ml.pipeline.features.build_pipeline`), given the observation matrix;
+* ``{"kind": "detector", "feature_version": N}`` — our causal per-entity detector
+  (:mod:`utils.ml.detector`), given observations with their entity and time;
 * ``{"kind": "aggregate_features", "n_features": N, "features": [names] | null}`` —
   the app's file era and its fallback BLOBs: N per-entity aggregates (mean, std,
   trend, ...) computed by its feature engineer, which this service does not have;
@@ -25,9 +27,10 @@ from utils.ml.store.safe_load import FILE_BASED
 
 RAW_VALUE = "raw_value"
 PIPELINE = "pipeline"
+DETECTOR = "detector"
 AGGREGATE = "aggregate_features"
 UNKNOWN = "unknown"
-KINDS = (RAW_VALUE, PIPELINE, AGGREGATE, UNKNOWN)
+KINDS = (RAW_VALUE, PIPELINE, DETECTOR, AGGREGATE, UNKNOWN)
 
 
 def _names(value: Any) -> Optional[list[str]]:
@@ -45,6 +48,8 @@ def of_object(obj: Any, parameters: Optional[dict[str, Any]] = None) -> dict[str
         n = getattr(inner, "n_features_in_", None)
         return {"kind": AGGREGATE, "n_features": int(n) if n is not None else (len(names) if names else None),
                 "features": names, "has_scaler": obj.get("scaler") is not None}
+    if type(obj).__module__.startswith("utils.ml.detector"):
+        return {"kind": DETECTOR, "feature_version": getattr(obj, "feature_version", None)}
     if is_feature_pipeline(obj):
         return {"kind": PIPELINE, "features": list(obj.steps[0][1].features), "feature_version": FEATURE_VERSION}
     n = getattr(obj, "n_features_in_", None)
@@ -91,6 +96,8 @@ def explain(signature: Optional[dict[str, Any]]) -> str:
         return "raw value"
     if kind == PIPELINE:
         return "pipeline (" + ", ".join(signature.get("features") or ()) + ")"
+    if kind == DETECTOR:
+        return "observations (per-entity detector)"
     if kind == AGGREGATE:
         n = signature.get("n_features")
         return f"{n if n is not None else 'several'} aggregate features"

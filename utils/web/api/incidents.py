@@ -46,7 +46,7 @@ class Incident(ResponseModel):
     severity: str = Field(description="the worst of its alerts: low, medium, high or critical")
     peak_score: Optional[float]
     peak_value: Optional[float]
-    peak_alert_id: Optional[int]
+    peak_observation_id: Optional[int]
     method: Optional[str]
     model_id: Optional[int]
     is_false_positive: bool

@@ -24,7 +24,6 @@ from flask import (
     Flask,
     current_app,
     flash,
-    g,
     redirect,
     render_template,
     request,
@@ -60,7 +59,8 @@ def _token_fingerprint(token: str) -> str:
 
 def signed_in() -> bool:
     """True when this session signed in with the token that is configured now."""
-    cached = g.get("ml_signed_in")
+    # Cached per request (its environ), not in ``g``, which can outlive a request.
+    cached = request.environ.get("ml.signed_in")
     if cached is not None:
         return bool(cached)
     configured = current_app.config.get("ML_ADMIN_TOKEN")
@@ -69,7 +69,7 @@ def signed_in() -> bool:
     ok = (bool(configured) and isinstance(remembered, str) and isinstance(session_id, str)
           and hmac.compare_digest(remembered, _token_fingerprint(configured))
           and not sessions.is_revoked(session_id))  # signed out elsewhere: this copy is dead too
-    g.ml_signed_in = ok
+    request.environ["ml.signed_in"] = ok
     return ok
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import secrets
 
-from flask import Flask, g, request
+from flask import Flask, request
 from werkzeug.wrappers import Response
 
 NO_STORE_BLUEPRINTS = ("dashboard", "ml_api")
@@ -26,11 +26,17 @@ COMMON = {
 NOTHING = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 
 
+# Kept in the request's WSGI environ, not in ``g``: ``g`` belongs to the app
+# context, which outlives one request wherever a context was pushed around
+# several (a CLI command, a test), and a nonce must never be reused.
+_NONCE_KEY = "ml.csp_nonce"
+
+
 def csp_nonce() -> str:
     """This response's script nonce (created on first use)."""
-    nonce = g.get("csp_nonce")
+    nonce = request.environ.get(_NONCE_KEY)
     if nonce is None:
-        nonce = g.csp_nonce = secrets.token_urlsafe(16)
+        nonce = request.environ[_NONCE_KEY] = secrets.token_urlsafe(16)
     return nonce
 
 
@@ -46,7 +52,7 @@ def add_security_headers(response: Response) -> Response:
         response.headers.setdefault(name, value)
     if "Content-Security-Policy" not in response.headers:
         html = response.mimetype == "text/html"
-        response.headers["Content-Security-Policy"] = html_policy(g.get("csp_nonce")) if html else NOTHING
+        response.headers["Content-Security-Policy"] = html_policy(request.environ.get(_NONCE_KEY)) if html else NOTHING
     if request.blueprint in NO_STORE_BLUEPRINTS:
         response.headers["Cache-Control"] = "no-store"
     return response
