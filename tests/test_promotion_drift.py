@@ -41,6 +41,32 @@ def test_psi_and_ks_know_a_shift_from_noise():
     assert psi(np.zeros(10), np.ones(10)) > 0 and psi(np.zeros(0), np.ones(3)) == 0.0
 
 
+def test_the_causal_detectors_drift_features_see_a_lasting_shift_its_deviation_forgets():
+    from utils.ml.detector import model as detector
+
+    rng = np.random.default_rng(0)
+    n = 600
+    entity, epoch = np.arange(n) % 5, 1.7e9 + np.arange(n) * 3600.0
+    values = rng.normal(20 + 10 * entity, 2)
+    model = detector.train(entity, epoch, values)
+    recent_epoch = epoch[-1] + 3600.0 * np.arange(1, 121)
+    recent_entity = np.arange(120) % 5
+    shifted = rng.normal(20 + 10 * recent_entity, 2) + 8.0
+    names, features = model.drift_features(recent_entity, recent_epoch, shifted, history=(entity, epoch, values))
+    assert names == ["deviation", "level"] and features.shape == (120, 2)
+    deviation, level = features[:, 0], features[:, 1]
+    # The baseline follows a lasting shift within a few observations; the trained level does not.
+    assert np.median(np.abs(deviation[-50:])) < 1.5 and np.median(level[-50:]) > 2.5
+    # Without history the first observations of each entity are warming up: no deviation yet.
+    _, cold = model.drift_features(recent_entity, recent_epoch, shifted)
+    assert np.isnan(cold[:5, 0]).all() and np.isfinite(cold[:, 1]).all()
+    # Read-only: scoring the same batch gives the same scores before and after.
+    before = model.score(recent_entity, recent_epoch, shifted, history=(entity, epoch, values)).score
+    model.drift_features(recent_entity, recent_epoch, shifted, history=(entity, epoch, values))
+    after = model.score(recent_entity, recent_epoch, shifted, history=(entity, epoch, values)).score
+    assert np.array_equal(before, after)
+
+
 def _series(shift: float) -> None:
     now = utcnow()
     ingest_observations(unlabelled_series(METRIC, 600, end=now - timedelta(days=3), seed=1))
@@ -70,7 +96,7 @@ def test_no_shift_no_drift_no_retraining(app_ctx):
     result = run_job_now("drift_check", "test", trigger="api")["result"]["metric_types"][METRIC]
     assert result["drifted"] is False and result["triggered"] is False
     [report] = _reports()
-    assert report.psi < 0.25 and report.ks < 0.3 and set(report.features) == {"entity_robust_z"}
+    assert report.psi < 0.25 and report.ks < 0.3 and set(report.features) == {"deviation", "level"}
     assert report.recent_samples >= 72 and report.reference_samples == 600
     assert _runs("drift") == []
 

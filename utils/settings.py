@@ -174,7 +174,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ML_GATE_MIN_LABELLED", _int(1), 20, "labelled recent observations needed to judge by F1 (fewer: by rates)"),
     Setting("ML_GATE_MAX_F1_DROP", _float(0.0, 1.0), 0.05, "with labels: challenger F1 may be at most this below the champion's"),
     Setting("ML_GATE_MAX_RATE_RATIO", _float(1.0), 2.0,
-            "without labels: alert rate within this factor of the champion's and of ML_CONTAMINATION"),
+            "without labels: alert rate within this factor of the champion's and of the target (causal detector: "
+            "at most this factor of ML_FALSE_ALERTS_PER_ENTITY_DAY; pooled model: ML_CONTAMINATION)"),
     Setting("ML_GATE_MAX_SCORE_SHIFT", _float(0.0, 1.0), 0.3,
             "without labels: largest KS distance between the two models' score distributions"),
     Setting("ML_GATE_MIN_AGREEMENT", _float(0.0, 1.0), 0.5,

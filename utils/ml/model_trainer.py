@@ -59,6 +59,7 @@ from utils.ml.pipeline.history import entity_codes
 from utils.ml.pipeline.observations import INTERNAL_METRIC_TYPES, check_observed_metric_type
 from utils.ml.pipeline.scoring import score_causal, score_window
 from utils.ml.promotion.decide import check_mode, decide
+from utils.ml.promotion.gate import GateSettings, budget_rate
 from utils.ml.promotion.fingerprint import KEY as FINGERPRINT_KEY, fingerprint, version_with
 from utils.models import MLAlert, MLMetric
 from utils.settings import current
@@ -340,7 +341,9 @@ class ModelTrainer:
         promotion = decide(self.model_manager, model_type=MODEL_TYPE, metric_type=metric_type, challenger_id=row.id,
                            challenger=model, labels=data.labels[start:], mode=self.promote, actor=self.actor,
                            score=lambda candidate: score_window(candidate, data.entity_ids, epoch, data.values, start),
-                           fingerprint=data_print)
+                           fingerprint=data_print,
+                           budget_rate=budget_rate(GateSettings.current().alert_budget, data.entity_ids[start:],
+                                                   epoch[start:]))
         result["promotion"] = {k: promotion[k] for k in ("decision", "reason", "champion_id", "method")}
         result.update(status="trained", model_id=row.id, entities=entities,
                       labelled=int(evaluation.get("labelled", 0)), **scores,

@@ -247,6 +247,32 @@ class TrainedDetector:
             channel[mask] = name
         return Scores(score, threshold, flags, severity, f.baseline, "isolation_forest_causal", channel)
 
+    def drift_features(self, entity_ids: Any, timestamps: Any, values: Any,
+                       history: Optional[tuple[Any, Any, Any]] = None) -> tuple[list[str], np.ndarray]:
+        """The detector's own view of a batch, for drift monitoring: ``(names, matrix)``, one row per batch row.
+
+        * ``deviation``: the causal deviation the forest sees (the row against
+          its entity's baseline from the rows before it, ``history`` included,
+          in the entity's scales); NaN while warming up;
+        * ``level``: the row's deseasonalised value against the entity's level
+          when the model was trained (median of its stored daily medians), in
+          its scales: a lasting shift shows here after the baseline has followed
+          it; NaN for an entity the model does not know.
+
+        Read-only: scoring is unchanged.
+        """
+        e, t, v, targets = _combine(entity_ids, timestamps, values, history)
+        f = causal.compute(self.stats, e, t, v, targets)
+        index, known = self.stats.lookup(e[targets])
+        hod, dow, _day = causal.slots(t[targets])
+        season = np.where(known, self.stats.hod[index, hod] + self.stats.dow[index, dow], 0.0)
+        y = causal.to_model_space(v[targets], np.where(known, self.stats.log_floor[index], 0.0)) - season
+        trained = np.full(self.stats.ids.size, np.nan)
+        seen = np.isfinite(self.stats.daily).any(axis=1) if self.stats.daily.shape[1] else trained > 0
+        trained[seen] = causal.row_median(self.stats.daily[seen])
+        level = np.where(known, (y - trained[index]) / f.scale, np.nan)
+        return ["deviation", "level"], np.column_stack([np.where(f.ready, f.deviation(), np.nan), level])
+
     def size(self) -> dict[str, Any]:
         """Bytes of per-entity state (numpy arrays) and of the forest, for the notes."""
         import pickle

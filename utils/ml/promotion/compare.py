@@ -14,12 +14,13 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, Optional
 
+import numpy as np
 from sqlalchemy import column, func, inspect, select, table
 
 from utils.extensions import db
 from utils.ml.pipeline.features import MODEL_TYPE
-from utils.ml.pipeline.scoring import score_window
-from utils.ml.promotion.gate import GateSettings, judge, measure
+from utils.ml.pipeline.scoring import is_causal_model, score_window
+from utils.ml.promotion.gate import GateSettings, budget_rate, judge, measure
 from utils.ml.promotion.models import GateDecision
 from utils.ml.promotion.pins import describe as describe_pin, get_pin
 from utils.ml.store.base import ModelNotFoundError
@@ -112,21 +113,27 @@ def compare(manager: Any, metric_type: str, *, model_type: str = MODEL_TYPE, cha
     champion_id, challenger_id = _versions(model_type, metric_type, challenger_id)
     now = utcnow()
     since = now - timedelta(days=days)
-    data = ModelTrainer(db).load(metric_type, since, now)
+    trainer = ModelTrainer(db)
+    # The causal detector judges each row against its entity's earlier rows: load the challenger's
+    # training window so the recent rows have the history the gate gave them (not a cold start).
+    data = trainer.load(metric_type, now - timedelta(days=max(trainer.window_days, days)), now)
+    epoch = data.epoch
+    start = int(np.searchsorted(epoch, since.timestamp(), side="left"))
+    recent = len(data) - start
     pin = get_pin(db.session, model_type, metric_type)
     result: dict[str, Any] = {
         "model_type": model_type, "metric_type": metric_type, "days": days, "since": since,
-        "champion_id": champion_id, "challenger_id": challenger_id, "observations": len(data),
+        "champion_id": champion_id, "challenger_id": challenger_id, "observations": recent,
         "pin": describe_pin(pin) if pin else None, "last_decision": _decision(challenger_id),
-        "alerts": {"champion": _alerts(champion_id, metric_type, since, len(data)),
-                   "challenger": _alerts(challenger_id, metric_type, since, len(data))},
+        "alerts": {"champion": _alerts(champion_id, metric_type, since, recent),
+                   "challenger": _alerts(challenger_id, metric_type, since, recent)},
         "incidents": incident_rate(metric_type, since, days), "gate": None, "problem": None,
     }
     db.session.rollback()
-    if challenger_id is None or len(data) == 0:
+    if challenger_id is None or recent == 0:
         result["problem"] = "no challenger to compare" if challenger_id is None else "no recent observations"
         return result
-    models = {}
+    models, causal = {}, False
     for name, model_id in (("challenger", challenger_id), ("champion", champion_id)):
         if model_id is None:
             continue
@@ -134,10 +141,12 @@ def compare(manager: Any, metric_type: str, *, model_type: str = MODEL_TYPE, cha
         if loaded is None:
             result["problem"] = f"{name} {model_id} could not be loaded: {problem}"
             return result
-        models[name] = score_window(loaded, data.entity_ids, data.epoch, data.values)
+        causal = causal or (name == "challenger" and is_causal_model(loaded))
+        models[name] = score_window(loaded, data.entity_ids, epoch, data.values, start)
     mine, theirs = models["challenger"], models.get("champion")
-    numbers = measure(mine.score, mine.is_anomaly, data.labels,
-                      theirs.score if theirs else None, theirs.is_anomaly if theirs else None)
+    numbers = measure(mine.score, mine.is_anomaly, data.labels[start:],
+                      theirs.score if theirs else None, theirs.is_anomaly if theirs else None,
+                      budget_rate(cfg.alert_budget, data.entity_ids[start:], epoch[start:]) if causal else None)
     passed, method, notes = judge(numbers, cfg)
     numbers.update(passed=passed, method=method, notes=notes)
     result["gate"] = numbers

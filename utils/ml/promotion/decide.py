@@ -61,12 +61,15 @@ def _champion(manager: Any, model_type: str, metric_type: str,
 
 def decide(manager: Any, *, model_type: str, metric_type: str, challenger_id: int, challenger: Any,
            score: Callable[[Any], Scores], labels: np.ndarray, mode: str, actor: str,
-           fingerprint: Optional[str] = None) -> dict[str, Any]:
+           fingerprint: Optional[str] = None, budget_rate: Optional[float] = None) -> dict[str, Any]:
     """Judge challenger ``challenger_id`` on the recent sample, act, record.
 
     ``score(model)`` scores the recent sample with a model (the same rows
     and history for both; see :func:`utils.ml.pipeline.scoring.score_window`);
-    ``labels`` are that sample's labels.
+    ``labels`` are that sample's labels; ``budget_rate`` the causal
+    detector's false-alert budget as a share of the sample
+    (:func:`utils.ml.promotion.gate.budget_rate`; None: a pooled model's
+    ``ML_CONTAMINATION`` target).
 
     Returns ``decision``, ``reason``, ``champion_id``, ``method`` and ``metrics``.
     The challenger stays a kept version whatever the decision.
@@ -80,12 +83,13 @@ def decide(manager: Any, *, model_type: str, metric_type: str, challenger_id: in
     if champion is not None:
         theirs = score(champion)
     numbers = measure(mine.score, mine.is_anomaly, labels,
-                      theirs.score if theirs else None, theirs.is_anomaly if theirs else None)
+                      theirs.score if theirs else None, theirs.is_anomaly if theirs else None, budget_rate)
     passed, method, notes = judge(numbers, cfg)
     numbers.update(method=method, passed=passed, window_days=cfg.window_days,
                    thresholds={"max_f1_drop": cfg.max_f1_drop, "max_rate_ratio": cfg.max_rate_ratio,
                                "max_score_shift": cfg.max_score_shift, "min_agreement": cfg.min_agreement,
-                               "min_labelled": cfg.min_labelled, "target_rate": cfg.target_rate})
+                               "min_labelled": cfg.min_labelled, "target_rate": cfg.target_rate,
+                               "alert_budget": cfg.alert_budget})
     if champion_id is not None and champion is None:
         notes.insert(0, f"champion {champion_id} could not be loaded ({load_problem}): judged against the target only")
     verdict = f"gate {'passed' if passed else 'failed'} ({method}): {'; '.join(notes)}"

@@ -1,15 +1,21 @@
 """Drift: recent observations' features against the champion's training window, PSI and KS per feature.
 
 For each metric type with an active model, :func:`measure_type` transforms
-both samples with the champion's *own* feature step (the per-entity
-baselines it learnt; a model without one is compared on the raw value) and
-computes, per feature:
+both samples with the champion's *own* features and computes, per feature:
 
 * **PSI** (population stability index) over ten bins at the reference's
   deciles: ``sum((q - p) * ln(q / p))``, proportions floored at 1e-4 so an
   empty bin does not make it infinite.  Rule of thumb: < 0.1 stable,
   0.1-0.25 moderate, > 0.25 a shift;
 * **KS**: the two-sample Kolmogorov-Smirnov distance.
+
+The features (:func:`model_features`): for the causal detector (feature
+version 2) its ``deviation`` (each row against its entity's baseline from
+the rows before it; the recent rows get the reference rows before them as
+history, so they do not start cold) and ``level`` (against the entity's
+level when the champion was trained, which a lasting shift moves; see
+:meth:`TrainedDetector.drift_features`); for a pooled pipeline its feature
+step's columns; for any other model the raw value.
 
 The largest of each over the features is the report's ``psi`` / ``ks``;
 above ``ML_DRIFT_PSI_THRESHOLD`` or ``ML_DRIFT_KS_THRESHOLD`` it has
@@ -25,6 +31,8 @@ import numpy as np
 from scipy.stats import ks_2samp
 
 from utils.ml.pipeline.features import is_feature_pipeline, model_input, observation_matrix
+from utils.ml.pipeline.history import entity_codes
+from utils.ml.pipeline.scoring import is_causal_model
 from utils.settings import current
 from utils.time import as_utc
 
@@ -51,8 +59,16 @@ def ks(reference: np.ndarray, recent: np.ndarray) -> float:
     return float(ks_2samp(reference, recent).statistic)
 
 
-def model_features(model: Any, matrix: np.ndarray) -> tuple[list[str], np.ndarray]:
-    """``(names, columns)`` of the model's own features for the observation matrix."""
+Sample = tuple[np.ndarray, np.ndarray, np.ndarray]  # (float entity ids with NaN for none, epoch seconds, values)
+
+
+def model_features(model: Any, sample: Sample, history: Optional[Sample] = None) -> tuple[list[str], np.ndarray]:
+    """``(names, columns)`` of the model's own features for ``sample`` (``history``: earlier rows, causal only)."""
+    entity_ids, epoch, values = sample
+    if is_causal_model(model):
+        before = None if history is None else (entity_codes(history[0]), history[1], history[2])
+        return model.drift_features(entity_codes(entity_ids), epoch, values, before)
+    matrix = observation_matrix(entity_ids, values)
     if is_feature_pipeline(model):
         step = model.steps[0][1]
         return list(step.features), np.asarray(step.transform(model_input(model, matrix)), dtype=float)
@@ -72,10 +88,11 @@ class DriftSettings:
                    float(current("ML_DRIFT_PSI_THRESHOLD")), float(current("ML_DRIFT_KS_THRESHOLD")))
 
 
-def compare(model: Any, reference: np.ndarray, recent: np.ndarray, cfg: DriftSettings) -> dict[str, Any]:
-    """The drift numbers of two observation matrices under ``model``'s features."""
+def compare(model: Any, reference: Sample, recent: Sample, cfg: DriftSettings,
+            history: Optional[Sample] = None) -> dict[str, Any]:
+    """The drift numbers of two samples under ``model``'s features (``history``: rows before ``recent``)."""
     names, ref = model_features(model, reference)
-    _, new = model_features(model, recent)
+    _, new = model_features(model, recent, history)
     per_feature = {name: {"psi": round(psi(ref[:, i], new[:, i]), 6), "ks": round(ks(ref[:, i], new[:, i]), 6)}
                    for i, name in enumerate(names)}
     worst_psi = max((f["psi"] for f in per_feature.values()), default=0.0)
@@ -110,7 +127,10 @@ def measure_type(trainer: Any, model: Any, parameters: dict[str, Any], metric_ty
     if len(recent) < cfg.min_samples or len(reference) < cfg.min_samples:
         return {"skipped": f"{len(recent)} recent and {len(reference)} reference observations, "
                            f"fewer than ML_DRIFT_MIN_SAMPLES={cfg.min_samples}"}
-    numbers = compare(model, observation_matrix(reference.entity_ids, reference.values),
-                      observation_matrix(recent.entity_ids, recent.values), cfg)
+    reference_epoch = reference.epoch
+    before = reference_epoch < since.timestamp()  # the reference rows before the recent ones: their history
+    numbers = compare(model, (reference.entity_ids, reference_epoch, reference.values),
+                      (recent.entity_ids, recent.epoch, recent.values), cfg,
+                      (reference.entity_ids[before], reference_epoch[before], reference.values[before]))
     numbers.update(reference_samples=len(reference), recent_samples=len(recent), recent_start=since.isoformat())
     return numbers

@@ -9,13 +9,21 @@ the two scoring passes into numbers, :func:`judge` into a verdict:
   false positive): precision, recall and F1 of both; the challenger passes
   if its F1 is at most ``ML_GATE_MAX_F1_DROP`` below the champion's.
 * **Without labels**: the challenger passes if its alert rate is within a
-  factor ``ML_GATE_MAX_RATE_RATIO`` of the champion's and of the target
-  (``ML_CONTAMINATION``), the KS distance between the two score
-  distributions is at most ``ML_GATE_MAX_SCORE_SHIFT``, and the Jaccard
-  overlap of the observations they flag is at least ``ML_GATE_MIN_AGREEMENT``.
-  A rule whose sample is too small to say anything (fewer than
-  :data:`MIN_EXPECTED` flags expected or flagged) is reported as not judged,
-  not failed; the upper rate bound allows for Poisson noise (:func:`_rate_rule`).
+  factor ``ML_GATE_MAX_RATE_RATIO`` of the champion's and of the target,
+  the KS distance between the two score distributions is at most
+  ``ML_GATE_MAX_SCORE_SHIFT``, and the Jaccard overlap of the observations
+  they flag is at least ``ML_GATE_MIN_AGREEMENT``.  The target of a pooled
+  (feature version 1) model is ``ML_CONTAMINATION``, the share it flags by
+  construction; the causal detector's is its alert *budget*
+  (``ML_FALSE_ALERTS_PER_ENTITY_DAY`` x the sample's entity-days / samples,
+  given by the caller as ``budget_rate``), a ceiling on the alerts the
+  champion did not raise (with labels: on the false positives beyond the
+  champion's): flagging less than the budget on calm data is the
+  calibration working, and alerts both raise are the data's, not the
+  challenger's.  A rule whose sample is too small to say anything (fewer
+  than :data:`MIN_EXPECTED` flags expected or flagged) is reported as not
+  judged, not failed; the upper rate bound allows for Poisson noise
+  (:func:`_rate_rule`).
 
 No champion (the first model of a type) or a champion that cannot be
 loaded: only the target rate is judged.  The numbers are all JSON-ready.
@@ -47,13 +55,29 @@ class GateSettings:
     max_score_shift: float
     min_agreement: float
     target_rate: float
+    alert_budget: float  # the service's false alerts per entity-day (never the challenger's own setting)
 
     @classmethod
     def current(cls) -> "GateSettings":
         return cls(int(current("ML_GATE_WINDOW_DAYS")), int(current("ML_GATE_MIN_LABELLED")),
                    float(current("ML_GATE_MAX_F1_DROP")), float(current("ML_GATE_MAX_RATE_RATIO")),
                    float(current("ML_GATE_MAX_SCORE_SHIFT")), float(current("ML_GATE_MIN_AGREEMENT")),
-                   float(current("ML_CONTAMINATION")))
+                   float(current("ML_CONTAMINATION")), float(current("ML_FALSE_ALERTS_PER_ENTITY_DAY")))
+
+
+def budget_rate(budget_per_entity_day: float, entity_ids: np.ndarray, epoch: np.ndarray) -> Optional[float]:
+    """The causal detector's false-alert budget as a share of a sample: budget x entity-days / samples.
+
+    An entity-day is a (entity, UTC calendar day) with at least one
+    observation in the sample; rows without an entity count as one entity.
+    """
+    n = int(np.asarray(epoch).size)
+    if n == 0:
+        return None
+    entities = np.nan_to_num(np.asarray(entity_ids, dtype=float), nan=-1.0)
+    days = np.floor(np.asarray(epoch, dtype=float) / 86400.0)
+    entity_days = np.unique(np.stack([entities, days], axis=1), axis=0).shape[0]
+    return float(budget_per_entity_day) * entity_days / n
 
 
 def _round(value: Optional[float]) -> Optional[float]:
@@ -77,11 +101,17 @@ def histogram(scores: np.ndarray, edges: np.ndarray) -> list[int]:
 
 
 def measure(challenger_scores: np.ndarray, challenger_flags: np.ndarray, labels: np.ndarray,
-            champion_scores: Optional[np.ndarray] = None, champion_flags: Optional[np.ndarray] = None) -> dict[str, Any]:
-    """The gate's numbers for one recent sample (arrays aligned by observation)."""
+            champion_scores: Optional[np.ndarray] = None, champion_flags: Optional[np.ndarray] = None,
+            budget_rate: Optional[float] = None) -> dict[str, Any]:
+    """The gate's numbers for one recent sample (arrays aligned by observation).
+
+    ``budget_rate``: the causal detector's alert budget as a share of the
+    sample (see the module docstring); None judges against ``ML_CONTAMINATION``.
+    """
     n = int(challenger_flags.size)
     labelled = int(np.sum(labels >= 0))
     out: dict[str, Any] = {"samples": n, "labelled": labelled, "labelled_anomalies": int(np.sum(labels == 1)),
+                           "alert_budget_rate": _round(budget_rate),
                            "challenger": {"alerts": int(challenger_flags.sum()),
                                           "alert_rate": _round(challenger_flags.mean()) if n else None}}
     if labelled:
@@ -128,6 +158,25 @@ def _rate_rule(name: str, rate: float, reference: float, ratio: float, n: int, p
                         f"({name} {reference:.4f}, factor {ratio:g})")
 
 
+def _budget_rule(extra: int, budget_rate: float, ratio: float, n: int, problems: list[str],
+                 notes: list[str]) -> None:
+    """The causal detector's ceiling: alerts beyond the champion's within ``ratio`` x the false-alert budget.
+
+    The same Poisson allowance as :func:`_rate_rule`; judged once
+    :data:`MIN_EXPECTED` such alerts are expected *or* raised: 30 where 0.1
+    were expected is a flood however small the sample.
+    """
+    expected = budget_rate * n
+    if expected < MIN_EXPECTED and extra < MIN_EXPECTED:
+        notes.append(f"alert budget not judged: {expected:.1f} false alerts expected, {extra} raised "
+                     f"beyond the champion's in {n} observations")
+        return
+    high = ratio * expected + 2 * math.sqrt(ratio * expected) + RATE_SLACK
+    if extra > high:
+        problems.append(f"alert rate {extra / n:.4f} above {high / n:.4f} (alerts beyond the champion's vs "
+                        f"alert budget {budget_rate:.4f}, factor {ratio:g})")
+
+
 def judge(numbers: dict[str, Any], cfg: GateSettings) -> tuple[bool, str, list[str]]:
     """``(passed, method, reasons)``: method ``labels`` or ``rates``; reasons say what failed or was not judged."""
     problems: list[str] = []
@@ -139,17 +188,26 @@ def judge(numbers: dict[str, Any], cfg: GateSettings) -> tuple[bool, str, list[s
     use_labels = (champion is not None and numbers["labelled"] >= cfg.min_labelled
                   and numbers["labelled_anomalies"] > 0)
     rate = challenger["alert_rate"]
+    budget = numbers.get("alert_budget_rate")
+    target = cfg.target_rate if budget is None else budget
     if use_labels:
         f1, best = challenger.get("f1") or 0.0, champion.get("f1") or 0.0
         if f1 < best - cfg.max_f1_drop:
             problems.append(f"F1 {f1:.3f} is more than {cfg.max_f1_drop:g} below the champion's {best:.3f}")
         # A few dozen labelled anomalies leave F1 noisy: a model that flags far more than the
         # target can tie on F1 by recall alone, and would still drown the operators in alerts.
-        _rate_rule("vs target ML_CONTAMINATION", rate, cfg.target_rate, cfg.max_rate_ratio, n, problems, notes,
-                   upper_only=True)
+        if budget is None:
+            _rate_rule("vs target ML_CONTAMINATION", rate, cfg.target_rate, cfg.max_rate_ratio, n, problems, notes,
+                       upper_only=True)
+        else:
+            _budget_rule(max(challenger["fp"] - champion["fp"], 0), budget, cfg.max_rate_ratio, n, problems, notes)
         return not problems, "labels", problems + notes + [f"F1 {f1:.3f} vs champion {best:.3f}, "
                                                            f"alert rate {rate:.4f}"]
-    _rate_rule("vs target ML_CONTAMINATION", rate, cfg.target_rate, cfg.max_rate_ratio, n, problems, notes)
+    if budget is None:
+        _rate_rule("vs target ML_CONTAMINATION", rate, target, cfg.max_rate_ratio, n, problems, notes)
+    else:
+        extra = challenger["alerts"] - (numbers["flagged_both"] if champion is not None else 0)
+        _budget_rule(extra, budget, cfg.max_rate_ratio, n, problems, notes)
     if champion is not None:
         _rate_rule("vs champion", rate, champion["alert_rate"], cfg.max_rate_ratio, n, problems, notes)
         if numbers["score_shift_ks"] > cfg.max_score_shift:
@@ -158,7 +216,7 @@ def judge(numbers: dict[str, Any], cfg: GateSettings) -> tuple[bool, str, list[s
             notes.append(f"agreement not judged: {numbers['flagged_either']} flagged observations")
         elif numbers["agreement"] < cfg.min_agreement:
             problems.append(f"agreement {numbers['agreement']:.3f} on flagged observations < {cfg.min_agreement:g}")
-    summary = f"alert rate {rate:.4f} (target {cfg.target_rate:g}"
+    summary = f"alert rate {rate:.4f} ({'target' if budget is None else 'budget'} {target:g}"
     if champion is not None:
         summary += f", champion {champion['alert_rate']:.4f}; KS {numbers['score_shift_ks']:.3f}, " \
                    f"agreement {numbers['agreement']:.3f}"
