@@ -80,11 +80,14 @@ def test_minimum_data_gate_skips_and_keeps_the_current_model(app_ctx):
 
 def test_window_excludes_older_observations(app_ctx):
     now = datetime.now(timezone.utc)
-    ingest_observations(unlabelled_series("kat_sicaklik", 80, end=now))
+    # 200 hourly rows (8 days) in the window: each of the 5 entities has more than the
+    # detector's warm-up (its first 10 rows only build its baseline) and 50 usable rows remain.
+    ingest_observations(unlabelled_series("kat_sicaklik", 200, end=now))
     ingest_observations(unlabelled_series("kat_sicaklik", 70, end=now - timedelta(days=30), seed=2))
     app_ctx.config["ML_TRAIN_WINDOW_DAYS"] = 10
     [result] = train_models("kat_sicaklik")
-    assert result["samples"] == 80
+    assert result["status"] == "trained", result
+    assert result["samples"] == 200
     row = db.session.get(MLModel, result["model_id"])
     assert row.parameters["window"]["days"] == 10
     first = datetime.fromisoformat(row.parameters["window"]["first_observation"])
