@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional
 
 from flask import Flask
 
-from utils import db_bounds
+from utils import db_bounds, db_deadline
 from utils.extensions import db, migrate
 from utils.settings import BASE_DIR, ConfigError, load_settings
 
@@ -59,7 +59,7 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
 
     db.init_app(app)
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
-        db_bounds.install_wait_callback()
+        db_deadline.install_wait_callback()
         with app.app_context():
             db_bounds.attach(db.engine)
     # Batch mode lets the same migration scripts alter tables on SQLite.

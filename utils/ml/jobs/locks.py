@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from utils.db_bounds import connection_classes
+from utils.db_deadline import connection_classes
 from utils.models import SchedulerLease
 from utils.time import utcnow
 

@@ -41,7 +41,7 @@ from typing import Any, Iterable, Iterator, Optional
 import numpy as np
 from sqlalchemy import text
 
-from utils.db_bounds import wait_callback_suspended
+from utils.db_deadline import wait_callback_suspended
 from utils.extensions import db
 from utils.ml import events
 from utils.ml.pipeline.observations import DOLUM_SURE, STOK_SEVIYE, TUKETIM_MIKTAR, bulk_insert
