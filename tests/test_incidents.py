@@ -23,7 +23,8 @@ from utils.ml.pipeline.scan import run_scan
 from utils.models import MLAlert
 
 METRIC = "oda_sicaklik"
-T0 = datetime(2026, 3, 2, tzinfo=timezone.utc)
+# Ten days ago at midnight: inside the training window (scans step over older readings).
+T0 = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=10)
 SPIKES = {1: (40, 41, 90), 2: (40,)}  # hour indices: 40 and 41 join, 90 is 49 h later: a new incident
 
 
