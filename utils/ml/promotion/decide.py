@@ -25,7 +25,7 @@ import numpy as np
 
 from utils.extensions import db
 from utils.ml import events
-from utils.ml.pipeline.scoring import Scores
+from utils.ml.pipeline.scoring import Scores, is_causal_model
 from utils.ml.promotion.gate import GateSettings, judge, measure
 from utils.ml.promotion.models import HELD, KEPT, PROMOTED, REASON_MAX, REJECTED, GateDecision
 from utils.ml.promotion.pins import get_pin
@@ -80,7 +80,8 @@ def decide(manager: Any, *, model_type: str, metric_type: str, challenger_id: in
     db.session.rollback()  # end the read; the scoring below may take a while
     mine = score(challenger)
     theirs = None
-    if champion is not None:
+    other_kind = champion is not None and is_causal_model(champion) != is_causal_model(challenger)
+    if champion is not None and not other_kind:
         theirs = score(champion)
     numbers = measure(mine.score, mine.is_anomaly, labels,
                       theirs.score if theirs else None, theirs.is_anomaly if theirs else None, budget_rate)
@@ -92,6 +93,11 @@ def decide(manager: Any, *, model_type: str, metric_type: str, challenger_id: in
                                "alert_budget": cfg.alert_budget})
     if champion_id is not None and champion is None:
         notes.insert(0, f"champion {champion_id} could not be loaded ({load_problem}): judged against the target only")
+    elif other_kind:
+        # Scores of another kind of model (a legacy or v1 forest against the causal detector) are on
+        # another scale: a KS or agreement between them says nothing about which is better.
+        notes.insert(0, f"champion {champion_id} is another kind of model, its scores are not comparable: "
+                        "judged against the target only")
     verdict = f"gate {'passed' if passed else 'failed'} ({method}): {'; '.join(notes)}"
     pin = get_pin(session, model_type, metric_type)
     if pin is not None:
