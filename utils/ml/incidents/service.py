@@ -10,8 +10,6 @@ as *normal* labels, exactly as alerts marked one by one.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Optional
 
@@ -20,7 +18,7 @@ from sqlalchemy import func, select, update
 from utils.extensions import db
 from utils.ml import events
 from utils.ml.incidents.models import SEVERITIES, MLIncident
-from utils.ml.pipeline.alerts import alert_to_dict
+from utils.ml.pipeline.alerts import AlertPage, alert_to_dict
 from utils.ml.validation import MAX_ROW_ID, InvalidInput, check_whole_number
 from utils.models import MLAlert
 from utils.time import as_utc, utcnow
@@ -43,16 +41,8 @@ class IncidentNotFoundError(LookupError):
         self.incident_id = incident_id
 
 
-@dataclass(frozen=True)
-class IncidentPage:
-    items: list[dict[str, Any]]
-    total: int
-    page: int
-    per_page: int
-
-    @property
-    def pages(self) -> int:
-        return math.ceil(self.total / self.per_page) if self.total else 0
+# One page of incidents: the same shape as a page of alerts (items, total, page, per_page, pages).
+IncidentPage = AlertPage
 
 
 def incident_to_dict(incident: MLIncident) -> dict[str, Any]:
