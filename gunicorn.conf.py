@@ -25,6 +25,16 @@ except ConfigError as _exc:
     print(_exc.line, file=sys.stderr, flush=True)
     sys.exit(2)
 
+# No SECRET_KEY: each worker would draw its own random one, so a sign-in made on one
+# worker would be refused by the others.  The master draws one before it forks and
+# every worker inherits it (sign-ins then last until gunicorn restarts).
+if not os.environ.get("SECRET_KEY"):
+    import secrets
+
+    os.environ["SECRET_KEY"] = secrets.token_hex(32)
+    print("SECRET_KEY is not set: the workers share a key drawn at start-up; "
+          "sign-ins end when gunicorn restarts (set SECRET_KEY to keep them)", file=sys.stderr, flush=True)
+
 bind = _server["GUNICORN_BIND"]
 workers = _server["GUNICORN_WORKERS"]
 threads = _server["GUNICORN_THREADS"]

@@ -184,3 +184,33 @@ def test_a_chunked_body_over_the_limit_gets_413(server):
         conn.close()
     assert response.status == 413, body
     assert "error" in body
+
+
+def test_without_a_secret_key_every_worker_accepts_a_sign_in(pg_available, tmp_path):
+    # Each worker used to draw its own random SECRET_KEY, so a session signed by one
+    # worker was refused by the other: the master now draws one key for all of them.
+    name = dbutil.create_pg_database(prefix="mlsec")
+    url = dbutil.pg_url(name)
+    models_dir, log = tmp_path / "ml_models", tmp_path / "gunicorn.log"
+    models_dir.mkdir()
+    dbutil.migrate(url, models_dir)
+    port = free_port()
+    env = base_env(tmp_path, DATABASE_URL=url, ML_MODELS_DIR=str(models_dir), ML_ADMIN_TOKEN=TOKEN,
+                   ML_SCHEDULER_ENABLED="false", GUNICORN_BIND=f"127.0.0.1:{port}", GUNICORN_WORKERS="2",
+                   GUNICORN_THREADS="2", PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"))
+    proc = start([str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "app:app"], env, log)
+    try:
+        wait_until(lambda: http_status(f"http://127.0.0.1:{port}/health") == 200, 60, "gunicorn up", [proc], [log])
+        server = Server(port, log)
+        source = "127.0.0.9"
+        cookie, csrf = sign_in_form(server, source)
+        signed_in = post_sign_in(server, source, cookie, csrf, TOKEN)
+        assert signed_in.status == 302
+        session = {"Cookie": signed_in.headers["set-cookie"].split(";")[0]}
+        # Fresh connections: both workers serve some of these.
+        assert [server.request("GET", "/ml/dashboard", source=source, headers=session).status
+                for _ in range(16)] == [200] * 16
+        assert "SECRET_KEY is not set" in log.read_text()
+    finally:
+        stop_group(proc)
+        dbutil.drop_pg_database(name)
