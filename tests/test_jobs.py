@@ -218,7 +218,8 @@ def test_a_job_whose_metric_types_all_failed_is_recorded_as_failed(app_ctx, mode
     from tests.ml_helpers import tmpfs
     from utils.ml.pipeline.demo_data import generate_demo_data
 
-    generate_demo_data(rooms=10, products=6, attendants=2, days=14)
+    # 30 days: enough rows per entity for every metric type to reach its save (the detector's warm-up).
+    generate_demo_data(rooms=10, products=6, attendants=2, days=30)
     with tmpfs(models_dir, read_only=True):
         with pytest.raises(jobs.JobError, match="training failed for"):
             run_job_now("train_models", actor="tester", trigger="api")
