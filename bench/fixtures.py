@@ -13,7 +13,10 @@ from typing import Any
 import numpy as np
 from sklearn.ensemble import IsolationForest
 
-FEATURES = 3
+# One feature: the raw value, as the legacy BLOB forests took it.  A bare forest of
+# several features reads as the minibar app's aggregate-feature model, which this
+# service records as an input it cannot compute and does not load.
+FEATURES = 1
 LOAD_MODEL_TYPE = "bench_load"
 # Not the pipeline's "isolation_forest": the scan section trains those, and
 # the disk section must count the store's versions alone.

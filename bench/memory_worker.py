@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.fixtures import legacy_query  # noqa: E402  (imported before any phase is measured)
+from bench.fixtures import FEATURES, legacy_query  # noqa: E402  (imported before any phase is measured)
 
 MIB = 1024.0
 
@@ -137,7 +137,7 @@ def measure(variant: str, url: str, models_dir: str, model_type: str, score_rows
             select(MLModel.metric_type).where(MLModel.model_type == model_type).distinct()
         ).scalars())
         db.session.execute(select(MLModel).where(MLModel.id == -1)).scalars().all()
-        rows = np.random.default_rng(7).normal(size=(score_rows, 3))
+        rows = np.random.default_rng(7).normal(size=(score_rows, FEATURES))
         before = _status_kib()
         reset = _reset_peak()
         facts = VARIANTS[variant](model_type, metric_types, rows)

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 import sqlalchemy as sa
 
-from utils.db_bounds import wait_callback_suspended
+from utils.db_deadline import wait_callback_suspended
 
 TYPES = ("stok_seviye", "tuketim_miktar", "dolum_sure")
 ENTITIES = 1000  # per metric type at 10 million rows; fewer in smaller runs (see _entities)

@@ -23,7 +23,11 @@ from tests import dbutil  # noqa: E402
 
 def main(argv: list[str]) -> int:
     url, models_dir, read_ahead = argv[0], Path(argv[1]), int(argv[2])
-    app = dbutil.make_app(url, models_dir, ML_SCAN_READ_AHEAD=read_ahead)
+    # Scans step over observations older than the training window; the bench's data spans
+    # 400 days and the scan is to read all of it, so the window covers it (and retention,
+    # which must outlive the window, keeps everything in this process).
+    app = dbutil.make_app(url, models_dir, ML_SCAN_READ_AHEAD=read_ahead, ML_TRAIN_WINDOW_DAYS=3650,
+                          ML_OBSERVATION_RETENTION_DAYS=0)
     from utils.ml.pipeline.scan import run_scan
 
     with app.app_context():
