@@ -127,6 +127,10 @@ def _check_outage(server: Server, browser: requests.Session) -> None:
         answers = _outage_round(server, browser)
         ready = [server.status("GET", "/ready") for _ in range(3)]
         answers += _outage_round(server, browser)  # a second round: the breaker answers at once
+        # A refused connection makes both rounds quick: let /health be probed a few more times.
+        deadline = time.monotonic() + 5
+        while len(health) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         stop.set()
         prober.join()
