@@ -84,6 +84,7 @@ import numpy as np
 from sklearn.ensemble import IsolationForest
 
 from utils.ml.detector import causal
+from utils.ml.detector.calibration import _common_drift, _limits, _per_entity
 
 FEATURE_VERSION = 2
 SEVERITIES = ("low", "medium", "high", "critical")
@@ -100,7 +101,6 @@ _GRID = np.linspace(0.0, 8.0, 401)  # log1p(deviation) at which the forest is re
 STUCK_MARGIN = 0.01
 # Drift: alert above DRIFT_FACTOR x the entity's (1 - contamination) quantile of |drift|, at least DRIFT_FLOOR.
 DRIFT_FACTOR, DRIFT_FLOOR = 2.0, 2.0
-COMMON_DRIFT_SHARE = 0.15
 SHIFT_ALERTS = True
 # Shift: alert above SHIFT_MARGIN x the entity's limit for it (computed like the deviation's); the
 # margin keeps the two channels' false alerts together near the budget.  Measured (3 seeds, default
@@ -295,18 +295,6 @@ def recent_history(entity: np.ndarray, ts: np.ndarray, k: int = causal.HISTORY) 
     return np.sort(order[rank_from_end <= k])
 
 
-def _per_entity(index: np.ndarray, size: int, values: np.ndarray, fn) -> tuple[np.ndarray, np.ndarray]:
-    """``fn`` of each entity's ``values`` (NaN where it has none) and the counts."""
-    out, n = np.full(size, np.nan), np.zeros(size)
-    order = np.argsort(index, kind="stable")
-    bounds = np.searchsorted(index[order], np.arange(size + 1))
-    for i in range(size):
-        mine = values[order[bounds[i]:bounds[i + 1]]]
-        if mine.size:
-            n[i], out[i] = mine.size, fn(mine)
-    return out, n
-
-
 def _forest_score(forest: IsolationForest, deviation: np.ndarray) -> np.ndarray:
     """The forest's score of each deviation (its one input column)."""
     d = np.asarray(deviation, dtype=float)
@@ -326,51 +314,6 @@ def _score_threshold(forest: IsolationForest, limit: np.ndarray, sign: float) ->
     envelope = np.minimum.accumulate(scores[::-1])[::-1]  # min over this and every larger deviation
     at = np.clip(np.searchsorted(grid, np.asarray(limit, dtype=float)), 0, grid.size - 1)
     return envelope[at]
-
-
-def _limits(x: np.ndarray, index: np.ndarray, size: int, n: np.ndarray, w: np.ndarray, c: float,
-            alpha: np.ndarray, m_alpha: float) -> tuple[np.ndarray, float]:
-    """Per-entity and metric limits of one side of a deviation-like feature ``x`` (see the module docstring)."""
-    m_q, m_beta = _tail(x, c)
-    q_e, _ = _per_entity(index, size, x, lambda y: _tail(y, c)[0])
-    beta_e, _ = _per_entity(index, size, x, lambda y: _tail(y, c)[1])
-    # Shrinkage toward the metric only ever raises a short history's tail, never lowers it:
-    # a new room with a heavy tail of its own is not held to the metric's lighter one.
-    q_e = np.where(n > 0, np.maximum(np.nan_to_num(q_e), w * np.nan_to_num(q_e) + (1 - w) * m_q), m_q)
-    beta_e = np.where(n > 0, np.maximum(np.nan_to_num(beta_e), w * np.nan_to_num(beta_e) + (1 - w) * m_beta), m_beta)
-    # Few exceedances (a daily count has about one in 60 days) make the tail scale uncertain: widen it.
-    beta_e = beta_e * (1 + 1 / np.maximum(n * c, 1.0))
-    # Each side gets half the budget: tail probability alpha / 2 = c * exp(-(D - q) / beta).
-    return q_e + beta_e * np.log(np.maximum(2 * c / alpha, 1.0)), m_q + m_beta * float(np.log(max(2 * c / m_alpha, 1.0)))
-
-
-def _common_drift(stats: causal.EntityStats, now: float) -> dict[str, float]:
-    """Whether many entities moved the same way last week: a change of regime, not one entity's drift.
-
-    From the daily medians before ``now``: each entity's step between its last
-    two weekly medians, in its own scales.  When at least ``COMMON_DRIFT_SHARE``
-    of the entities (and at least 3) stepped the same way by more than one
-    scale, the drift channel is off for that direction until the next training
-    (a new par level for a group of products, a new HVAC schedule).
-    """
-    weekly = causal.weekly_medians(stats.daily)
-    col1 = int(np.floor(now / causal.DAY)) - 7 - stats.day0
-    if stats.ids.size == 0 or col1 - 7 < 0 or col1 >= weekly.shape[1]:
-        return {"drift_off_pos": 0.0, "drift_off_neg": 0.0}
-    step = (weekly[:, col1] - weekly[:, col1 - 7]) / stats.scale
-    known = np.isfinite(step)
-    out = {}
-    for side, moved in (("pos", step > 1.0), ("neg", step < -1.0)):
-        count = int(np.sum(moved & known))
-        out["drift_off_" + side] = float(count >= 3 and count >= COMMON_DRIFT_SHARE * max(int(known.sum()), 1))
-    return out
-
-
-def _tail(values: np.ndarray, c: float) -> tuple[float, float]:
-    """(1 - c) quantile and exponential tail scale (median excess / ln 2) of ``values``."""
-    q = float(np.quantile(values, 1 - c))
-    excess = values[values > q] - q
-    return q, float(np.median(excess)) / np.log(2) if excess.size else 0.0
 
 
 def train(entity: Any, ts: Any, value: Any, settings: DetectorSettings = DetectorSettings(),

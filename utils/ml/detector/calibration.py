@@ -1,0 +1,69 @@
+"""Calibration of the causal detector's limits: per-entity tails shrunk toward the metric's.
+
+Split from :mod:`utils.ml.detector.model` (which pickles the trained state and
+must keep its class paths); these functions are only called while training.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from utils.ml.detector import causal
+
+COMMON_DRIFT_SHARE = 0.15
+
+
+def _per_entity(index: np.ndarray, size: int, values: np.ndarray, fn) -> tuple[np.ndarray, np.ndarray]:
+    """``fn`` of each entity's ``values`` (NaN where it has none) and the counts."""
+    out, n = np.full(size, np.nan), np.zeros(size)
+    order = np.argsort(index, kind="stable")
+    bounds = np.searchsorted(index[order], np.arange(size + 1))
+    for i in range(size):
+        mine = values[order[bounds[i]:bounds[i + 1]]]
+        if mine.size:
+            n[i], out[i] = mine.size, fn(mine)
+    return out, n
+
+
+def _limits(x: np.ndarray, index: np.ndarray, size: int, n: np.ndarray, w: np.ndarray, c: float,
+            alpha: np.ndarray, m_alpha: float) -> tuple[np.ndarray, float]:
+    """Per-entity and metric limits of one side of a deviation-like feature ``x`` (see the module docstring)."""
+    m_q, m_beta = _tail(x, c)
+    q_e, _ = _per_entity(index, size, x, lambda y: _tail(y, c)[0])
+    beta_e, _ = _per_entity(index, size, x, lambda y: _tail(y, c)[1])
+    # Shrinkage toward the metric only ever raises a short history's tail, never lowers it:
+    # a new room with a heavy tail of its own is not held to the metric's lighter one.
+    q_e = np.where(n > 0, np.maximum(np.nan_to_num(q_e), w * np.nan_to_num(q_e) + (1 - w) * m_q), m_q)
+    beta_e = np.where(n > 0, np.maximum(np.nan_to_num(beta_e), w * np.nan_to_num(beta_e) + (1 - w) * m_beta), m_beta)
+    # Few exceedances (a daily count has about one in 60 days) make the tail scale uncertain: widen it.
+    beta_e = beta_e * (1 + 1 / np.maximum(n * c, 1.0))
+    # Each side gets half the budget: tail probability alpha / 2 = c * exp(-(D - q) / beta).
+    return q_e + beta_e * np.log(np.maximum(2 * c / alpha, 1.0)), m_q + m_beta * float(np.log(max(2 * c / m_alpha, 1.0)))
+
+
+def _common_drift(stats: causal.EntityStats, now: float) -> dict[str, float]:
+    """Whether many entities moved the same way last week: a change of regime, not one entity's drift.
+
+    From the daily medians before ``now``: each entity's step between its last
+    two weekly medians, in its own scales.  When at least ``COMMON_DRIFT_SHARE``
+    of the entities (and at least 3) stepped the same way by more than one
+    scale, the drift channel is off for that direction until the next training
+    (a new par level for a group of products, a new HVAC schedule).
+    """
+    weekly = causal.weekly_medians(stats.daily)
+    col1 = int(np.floor(now / causal.DAY)) - 7 - stats.day0
+    if stats.ids.size == 0 or col1 - 7 < 0 or col1 >= weekly.shape[1]:
+        return {"drift_off_pos": 0.0, "drift_off_neg": 0.0}
+    step = (weekly[:, col1] - weekly[:, col1 - 7]) / stats.scale
+    known = np.isfinite(step)
+    out = {}
+    for side, moved in (("pos", step > 1.0), ("neg", step < -1.0)):
+        count = int(np.sum(moved & known))
+        out["drift_off_" + side] = float(count >= 3 and count >= COMMON_DRIFT_SHARE * max(int(known.sum()), 1))
+    return out
+
+
+def _tail(values: np.ndarray, c: float) -> tuple[float, float]:
+    """(1 - c) quantile and exponential tail scale (median excess / ln 2) of ``values``."""
+    q = float(np.quantile(values, 1 - c))
+    excess = values[values > q] - q
+    return q, float(np.median(excess)) / np.log(2) if excess.size else 0.0
