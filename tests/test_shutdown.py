@@ -104,6 +104,10 @@ def test_gunicorn_with_the_scheduler_stops_within_5_s_20_times(database, tmp_pat
         try:
             base = f"http://127.0.0.1:{port}"
             wait_until(lambda: http_status(f"{base}/ready") == 200, 90, "gunicorn to be ready", [proc], [log])
+            # Both workers booted (each starts its scheduler after its app is imported): a stop
+            # during a worker's import is gunicorn's "Worker failed to boot", not this test's subject.
+            wait_until(lambda: log.read_text(errors="replace").count("scheduler_started") >= 2, 60,
+                       "both workers to boot", [proc], [log])
             # Some real use first: the slow stops came "after real use".
             for path in ("/api/ml/models", "/api/ml/alerts"):
                 requests.get(base + path, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
