@@ -4,18 +4,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal, Optional
 
-from pydantic import Field, ValidationInfo, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import Field
 
 from utils.ml.incidents import service
 from utils.web.api import schemas as s
-from utils.web.api.base import EntityId, MetricType, QueryDatetime, QueryModel, ResponseModel
+from utils.web.api.base import EntityId, MetricType, QueryDatetime, ResponseModel
 from utils.web.api.framework import ApiError, operation
 
 INCIDENT_ID = {"incident_id": s.RowId}
 
 
-class IncidentQuery(QueryModel):
+class IncidentQuery(s.DateRangeQuery):
     metric_type: Optional[MetricType] = None
     entity_id: Optional[EntityId] = None
     severity: Optional[Literal["low", "medium", "high", "critical"]] = None
@@ -24,14 +23,6 @@ class IncidentQuery(QueryModel):
     until: Optional[QueryDatetime] = Field(default=None, description="started at or before; not before since")
     page: int = Field(default=1, ge=1, le=service.MAX_PAGE)
     per_page: int = Field(default=service.DEFAULT_PER_PAGE, ge=1, le=service.MAX_PER_PAGE)
-
-    @field_validator("until")
-    @classmethod
-    def _not_before_since(cls, value: Optional[datetime], info: ValidationInfo) -> Optional[datetime]:
-        since = info.data.get("since")
-        if value is not None and since is not None and value < since:
-            raise PydanticCustomError("date_order", "must not be before since")
-        return value
 
 
 class Incident(ResponseModel):

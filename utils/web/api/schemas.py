@@ -340,7 +340,19 @@ class DetectResult(ResponseModel):
 
 
 # ------------------------------------------------------------------- alerts
-class AlertQuery(QueryModel):
+class DateRangeQuery(QueryModel):
+    """A query with ``since`` / ``until`` (declared by each subclass): ``until`` must not be before ``since``."""
+
+    @field_validator("until", check_fields=False)  # the field is declared by each subclass
+    @classmethod
+    def _not_before_since(cls, value: Optional[datetime], info: ValidationInfo) -> Optional[datetime]:
+        since = info.data.get("since")
+        if value is not None and since is not None and value < since:
+            raise PydanticCustomError("date_order", "must not be before since")
+        return value
+
+
+class AlertQuery(DateRangeQuery):
     metric_type: Optional[MetricType] = None
     method: Optional[Method] = None
     is_read: Optional[bool] = None
@@ -349,14 +361,6 @@ class AlertQuery(QueryModel):
     until: Optional[QueryDatetime] = Field(default=None, description="detected at or before; not before since")
     page: int = Field(default=1, ge=1, le=MAX_PAGE)
     per_page: int = Field(default=DEFAULT_PER_PAGE, ge=1, le=MAX_PER_PAGE)
-
-    @field_validator("until")
-    @classmethod
-    def _not_before_since(cls, value: Optional[datetime], info: ValidationInfo) -> Optional[datetime]:
-        since = info.data.get("since")
-        if value is not None and since is not None and value < since:
-            raise PydanticCustomError("date_order", "must not be before since")
-        return value
 
 
 class Alert(ResponseModel):
