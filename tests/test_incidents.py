@@ -158,3 +158,11 @@ def test_dashboard_panel_and_metrics(scanned, notify_app):
     # Three critical incidents, one now a false positive; the data is from March: none is open.
     assert 'ml_incidents{severity="critical"} 2.0' in text and 'ml_incidents{severity="low"} 0.0' in text
     assert 'ml_incidents_open{severity="critical"} 0.0' in text
+
+
+def test_the_incident_query_refuses_until_before_since(client, auth_headers):
+    response = client.get("/api/ml/incidents?since=2026-06-02T00:00:00Z&until=2026-06-01T00:00:00Z",
+                          headers=auth_headers)
+    assert response.status_code == 400
+    body = response.get_data(as_text=True)
+    assert "until" in body and "must not be before since" in body
