@@ -32,22 +32,13 @@ from sklearn.ensemble import IsolationForest
 
 from utils.ml.detector import model as new_detector
 from utils.ml.evaluation.data import DAY, NO_ENTITY, Series
+from utils.ml.pipeline.scoring import robust_zscores
 
 ZSCORE_THRESHOLD = 3.5
 REFERENCE_LIMIT = 50_000
-_MAD, _MEANAD = 1.4826, 1.2533
-
-
 def robust_z(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """The service's modified Z-score: (v - median) / (1.4826 MAD), mean-AD when MAD is 0."""
-    median = float(np.median(reference))
-    dev = np.abs(reference - median)
-    scale = _MAD * float(np.median(dev))
-    if scale <= 0:
-        scale = _MEANAD * float(np.mean(dev))
-    if scale <= 0:
-        scale = 1e-9 * max(1.0, abs(median))
-    return (np.asarray(values, dtype=float) - median) / scale
+    """The service's modified Z-score (:func:`utils.ml.pipeline.scoring.robust_zscores`), the same code."""
+    return robust_zscores(np.asarray(values, dtype=float), np.asarray(reference, dtype=float))[0]
 
 
 class PooledZScore:

@@ -6,7 +6,7 @@ this resource are declared here, next to their routes.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from pydantic import Field
 from sqlalchemy import select
@@ -113,6 +113,16 @@ def unpin(body: UnpinRequest) -> UnpinResult:
     return UnpinResult(model_type=body.model_type, metric_type=body.metric_type, unpinned=done)
 
 
+def _newest(table: Any, query: HistoryQuery, describe: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest ``query.limit`` rows of ``table`` (of ``query.metric_type`` if given), described."""
+    statement = select(table).order_by(table.id.desc()).limit(query.limit)
+    if query.metric_type:
+        statement = statement.where(table.metric_type == query.metric_type)
+    rows = [describe(row) for row in db.session.execute(statement).scalars()]
+    db.session.rollback()
+    return rows
+
+
 def _decision(row: GateDecision) -> dict[str, Any]:
     return {"id": row.id, "model_type": row.model_type, "metric_type": row.metric_type,
             "challenger_id": row.challenger_id, "champion_id": row.champion_id, "mode": row.mode,
@@ -123,11 +133,7 @@ def _decision(row: GateDecision) -> dict[str, Any]:
 @operation("GET", "/gate-decisions", response=DecisionList, query=HistoryQuery, tag="promotion",
            summary="The promotion audit: every gate decision, pin and unpin with its numbers, newest first")
 def gate_decisions(query: HistoryQuery) -> DecisionList:
-    statement = select(GateDecision).order_by(GateDecision.id.desc()).limit(query.limit)
-    if query.metric_type:
-        statement = statement.where(GateDecision.metric_type == query.metric_type)
-    rows = [_decision(row) for row in db.session.execute(statement).scalars()]
-    db.session.rollback()
+    rows = _newest(GateDecision, query, _decision)
     return DecisionList(decisions=rows, count=len(rows))
 
 
@@ -141,11 +147,7 @@ def describe_report(row: DriftReport) -> dict[str, Any]:
 @operation("GET", "/drift", response=DriftList, query=HistoryQuery, tag="promotion",
            summary="Drift reports (PSI and KS per feature against the champion's window), newest first")
 def drift_reports(query: HistoryQuery) -> DriftList:
-    statement = select(DriftReport).order_by(DriftReport.id.desc()).limit(query.limit)
-    if query.metric_type:
-        statement = statement.where(DriftReport.metric_type == query.metric_type)
-    rows = [describe_report(row) for row in db.session.execute(statement).scalars()]
-    db.session.rollback()
+    rows = _newest(DriftReport, query, describe_report)
     return DriftList(reports=rows, count=len(rows))
 
 
