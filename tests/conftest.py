@@ -119,6 +119,17 @@ def app_ctx(app):
 
 
 @pytest.fixture
+def pg_app_ctx(pg_template, models_dir):
+    """An app context on a fresh PostgreSQL database of its own (whatever ``database_url`` is)."""
+    name = dbutil.create_pg_database(template=pg_template)
+    application = dbutil.make_app(dbutil.pg_url(name), models_dir)
+    with application.app_context():
+        yield application
+    dbutil.dispose(application)
+    dbutil.drop_pg_database(name)
+
+
+@pytest.fixture
 def client(app):
     return app.test_client()
 

@@ -25,16 +25,6 @@ from utils.models import MLAlert
 PAGE = 50
 
 
-@pytest.fixture
-def pg_app_ctx(pg_template, models_dir):
-    name = dbutil.create_pg_database(template=pg_template)
-    application = dbutil.make_app(dbutil.pg_url(name), models_dir)
-    with application.app_context():
-        yield application
-    dbutil.dispose(application)
-    dbutil.drop_pg_database(name)
-
-
 def _insert(metric_type: str, count: int, start: int = 0) -> None:
     """``count`` observations; every 7th has no entity, values include negatives and fractions."""
     db.session.execute(sa.text(

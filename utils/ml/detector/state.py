@@ -183,8 +183,8 @@ def weekly_medians(daily: np.ndarray) -> np.ndarray:
     """Median of each 7-day block ``[j, j + 7)`` of the daily medians (NaN with fewer than 3 days)."""
     padded = np.concatenate([daily, np.full((daily.shape[0], 7), np.nan)], axis=1)
     windows = sliding_window_view(padded, 7, axis=1)[:, : daily.shape[1] + 1]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows
-        med = np.nanmedian(windows, axis=2)
+    # row_median, not np.nanmedian: the same values without the all-NaN warning, whose
+    # suppression (warnings.catch_warnings) is not thread-safe and scans score on threads.
+    med = row_median(windows.reshape(-1, 7)).reshape(windows.shape[:2])
     med[np.sum(~np.isnan(windows), axis=2) < 3] = np.nan
     return med

@@ -271,28 +271,13 @@ class BatchReader:
         self._thread.start()
 
     def _take(self) -> tuple[int, Any]:
-        thread = self._thread
-        while True:
-            if self.stop.is_set():
-                raise ReadStopped(self.metric_type)
-            try:
-                return self._queue.get(timeout=_POLL_SECONDS)
-            except queue.Empty:
-                if thread is None or not thread.is_alive():
-                    if not self._queue.empty():
-                        continue
-                    raise RuntimeError(f"scan reader of {self.metric_type} ended without a page")
+        return take_polling(self._queue, self._thread, self.stop, f"scan reader of {self.metric_type}",
+                            self.metric_type)
 
     def _produce(self, after: int, pages: "queue.Queue[tuple[int, Any]]", halt: threading.Event) -> None:
         """The thread: pages from ``after`` on, ending with an empty one (or the error that ended it)."""
         def put(item: tuple[int, Any]) -> bool:
-            while not (halt.is_set() or self.stop.is_set()):
-                try:
-                    pages.put(item, timeout=_POLL_SECONDS)
-                    return True
-                except queue.Full:
-                    continue
-            return False
+            return put_polling(pages, item, halt, self.stop)
 
         try:
             with self.engine.connect() as connection:
@@ -314,6 +299,36 @@ class BatchReader:
 
 class ReadStopped(Exception):
     """The scan's stop event was set while it read."""
+
+
+def take_polling(items: "queue.Queue[Any]", thread: Optional[threading.Thread], stop: threading.Event,
+                 producer: str, metric_type: str) -> Any:
+    """The next item a producer thread queued; :class:`ReadStopped` once ``stop`` is set.
+
+    Looks at ``stop`` every ``_POLL_SECONDS``; a producer that ended without
+    queueing anything more is an error, never a wait forever.
+    """
+    while True:
+        if stop.is_set():
+            raise ReadStopped(metric_type)
+        try:
+            return items.get(timeout=_POLL_SECONDS)
+        except queue.Empty:
+            if thread is None or not thread.is_alive():
+                if not items.empty():
+                    continue
+                raise RuntimeError(f"{producer} ended without a result")
+
+
+def put_polling(items: "queue.Queue[Any]", item: Any, *stops: threading.Event) -> bool:
+    """Queue ``item``, waiting for a place; False (not queued) once any of ``stops`` is set."""
+    while not any(event.is_set() for event in stops):
+        try:
+            items.put(item, timeout=_POLL_SECONDS)
+            return True
+        except queue.Full:
+            continue
+    return False
 
     def __init__(self, metric_type: str) -> None:
         super().__init__(f"reading {metric_type} stopped")

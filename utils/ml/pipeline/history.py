@@ -129,6 +129,10 @@ class HistoryCache:
         mine = np.isin(self.entity, codes)
         return self.entity[mine], self.ts[mine], self.value[mine]
 
+    def assume_empty(self, entities: np.ndarray) -> None:
+        """Treat ``entities`` as having no history before the scan (nothing to read for them)."""
+        self._known.update(np.unique(np.asarray(entities, dtype=np.int64)).tolist())
+
     def advance(self, entities: np.ndarray, ts: np.ndarray, values: np.ndarray) -> None:
         """Add the rows just scored; keep the last ``k`` of each entity."""
         self._known.update(np.unique(entities).tolist())

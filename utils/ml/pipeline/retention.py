@@ -84,19 +84,28 @@ def metric_types(conn: Connection) -> list[str]:
     return [str(row[0]) for row in conn.execute(sql)]
 
 
-# PostgreSQL: one statement per batch, rows found through the time index, deleted by ctid.
+# PostgreSQL: one statement per batch.  The next ``batch`` rows past the cursor come off the time
+# index first (a MATERIALIZED CTE), and only those few are checked for an open alert: with the
+# open-alert test inside the LIMIT query, a planner that thought ml_alerts small (stale statistics
+# after a scan raised 200,000 alerts) chose a nested loop over every alert for every row, and at
+# 10 million rows each batch took seconds of CPU on the shared database.  The rows go by ``ctid``.
 _PG_OBSERVATIONS = text("""
-    WITH gone AS (
+    WITH candidates AS MATERIALIZED (
+        SELECT m.ctid AS tid, m.id, m.timestamp FROM ml_metrics m
+        WHERE m.metric_type = :metric_type AND m.timestamp < :cutoff AND m.timestamp >= :after
+          AND (m.timestamp, m.id) > (:after, :after_id)
+        ORDER BY m.timestamp, m.id LIMIT :batch),
+    gone AS (
         DELETE FROM ml_metrics WHERE ctid = ANY(ARRAY(
-            SELECT m.ctid FROM ml_metrics m
-            WHERE m.metric_type = :metric_type AND m.timestamp < :cutoff AND m.timestamp >= :after
-              AND NOT EXISTS (SELECT 1 FROM ml_alerts a WHERE a.observation_id = m.id
-                              AND NOT a.is_read AND NOT a.is_false_positive AND a.resolved_at IS NULL)
-            ORDER BY m.timestamp LIMIT :batch))
-        RETURNING timestamp)
-    SELECT count(*), max(timestamp) FROM gone""").bindparams(
+            SELECT c.tid FROM candidates c
+            WHERE NOT EXISTS (SELECT 1 FROM ml_alerts a WHERE a.observation_id = c.id
+                              AND NOT a.is_read AND NOT a.is_false_positive AND a.resolved_at IS NULL)))
+        RETURNING 1),
+    last AS (SELECT timestamp, id FROM candidates ORDER BY timestamp DESC, id DESC LIMIT 1)
+    SELECT (SELECT count(*) FROM candidates), (SELECT count(*) FROM gone),
+           (SELECT timestamp FROM last), (SELECT id FROM last)""").bindparams(
     bindparam("cutoff", type_=DateTime(timezone=True)), bindparam("after", type_=DateTime(timezone=True)),
-    bindparam("batch", type_=Integer))
+    bindparam("after_id", type_=Integer), bindparam("batch", type_=Integer))
 _PG_ALERTS = text("""
     WITH gone AS (
         DELETE FROM ml_alerts WHERE ctid = ANY(ARRAY(
@@ -110,16 +119,22 @@ _PG_ALERTS = text("""
     bindparam("batch", type_=Integer))
 
 
-def _observation_batch(conn: Connection, metric_type: str, cutoff: datetime, after: datetime,
-                       batch: int) -> tuple[int, Optional[datetime]]:
-    """Delete up to ``batch`` observations of one type; ``(rows, newest timestamp deleted)``."""
+# A batch step: ``(rows deleted, rows looked at, cursor to go on from)``; a walk ends when a step
+# looked at fewer rows than the batch size.
+Step = Callable[[Connection, Any], tuple[int, int, Any]]
+
+
+def _observation_batch(conn: Connection, metric_type: str, cutoff: datetime, after: tuple[datetime, int],
+                       batch: int) -> tuple[int, int, tuple[datetime, int]]:
+    """Delete what may go of the next ``batch`` observations of one type past the cursor ``(timestamp, id)``."""
     if conn.dialect.name == "postgresql":
-        count, newest = conn.execute(_PG_OBSERVATIONS, {"metric_type": metric_type, "cutoff": cutoff,
-                                                        "after": after, "batch": batch}).one()
-        return int(count), newest
+        looked, deleted, newest, newest_id = conn.execute(_PG_OBSERVATIONS, {
+            "metric_type": metric_type, "cutoff": cutoff, "after": after[0], "after_id": after[1],
+            "batch": batch}).one()
+        return int(deleted), int(looked), (newest, int(newest_id)) if newest is not None else after
     rows = conn.execute(
         select(METRICS.c.id, METRICS.c.timestamp)
-        .where(METRICS.c.metric_type == metric_type, METRICS.c.timestamp < cutoff, METRICS.c.timestamp >= after,
+        .where(METRICS.c.metric_type == metric_type, METRICS.c.timestamp < cutoff, METRICS.c.timestamp >= after[0],
                ~_open_alert_exists())
         .order_by(METRICS.c.timestamp).limit(batch)
     ).all()
@@ -128,13 +143,13 @@ def _observation_batch(conn: Connection, metric_type: str, cutoff: datetime, aft
         # What ON DELETE SET NULL does on PostgreSQL; SQLite does not enforce foreign keys.
         conn.execute(update(ALERTS).where(ALERTS.c.observation_id.in_(ids)).values(observation_id=None))
         conn.execute(delete(METRICS).where(METRICS.c.id.in_(ids)))
-    return len(ids), max((row[1] for row in rows), default=None)
+    return len(ids), len(ids), (max((row[1] for row in rows), default=after[0]), 0)
 
 
-def _alert_batch(conn: Connection, cutoff: datetime, after: datetime, batch: int) -> tuple[int, Optional[datetime]]:
+def _alert_batch(conn: Connection, cutoff: datetime, after: datetime, batch: int) -> tuple[int, int, datetime]:
     if conn.dialect.name == "postgresql":
         count, newest = conn.execute(_PG_ALERTS, {"cutoff": cutoff, "after": after, "batch": batch}).one()
-        return int(count), newest
+        return int(count), int(count), newest or after
     rows = conn.execute(
         select(ALERTS.c.id, ALERTS.c.created_at)
         .where(ALERTS.c.created_at < cutoff, ALERTS.c.created_at >= after, _closed_ours())
@@ -142,7 +157,7 @@ def _alert_batch(conn: Connection, cutoff: datetime, after: datetime, batch: int
     ).all()
     if rows:
         conn.execute(delete(ALERTS).where(ALERTS.c.id.in_([row[0] for row in rows])))
-    return len(rows), max((row[1] for row in rows), default=None)
+    return len(rows), len(rows), max((row[1] for row in rows), default=after)
 
 
 def _kept_runs():
@@ -151,7 +166,7 @@ def _kept_runs():
                  select(func.max(RUNS.c.id)).where(RUNS.c.status == STATUS_SUCCESS).group_by(RUNS.c.job_name))
 
 
-def _run_batch(conn: Connection, cutoff: datetime, after: datetime, batch: int) -> tuple[int, Optional[datetime]]:
+def _run_batch(conn: Connection, cutoff: datetime, after: datetime, batch: int) -> tuple[int, int, datetime]:
     ids = list(conn.execute(
         select(RUNS.c.id).where(RUNS.c.started_at < cutoff, RUNS.c.status != STATUS_RUNNING,
                                 RUNS.c.id.not_in(_kept_runs()))
@@ -159,7 +174,7 @@ def _run_batch(conn: Connection, cutoff: datetime, after: datetime, batch: int) 
     ).scalars())
     if ids:
         conn.execute(delete(RUNS).where(RUNS.c.id.in_(ids)))
-    return len(ids), after  # the filter shrinks as rows go: no cursor needed on this small table
+    return len(ids), len(ids), after  # the filter shrinks as rows go: no cursor needed on this small table
 
 
 def _count(conn: Connection, table: str, cutoff: datetime) -> int:
@@ -173,18 +188,16 @@ def _count(conn: Connection, table: str, cutoff: datetime) -> int:
     return int(conn.execute(query).scalar_one())
 
 
-def _drain(engine: Engine, step: Callable[[Connection, datetime], tuple[int, Optional[datetime]]], batch: int,
-           pause: float) -> tuple[int, int]:
-    """Run ``step`` (one batch, one transaction each) until a batch comes back short; ``(rows, batches)``."""
+def _drain(engine: Engine, step: Step, batch: int, pause: float, start: Any = _EPOCH) -> tuple[int, int]:
+    """Run ``step`` (one batch, one transaction each) until it looks at fewer rows than ``batch``; ``(rows, batches)``."""
     total = batches = 0
-    after = _EPOCH
+    after = start
     while True:
         with engine.begin() as conn:
-            rows, newest = step(conn, after)
+            rows, looked, after = step(conn, after)
         total, batches = total + rows, batches + 1
-        if rows < batch:
+        if looked < batch:
             return total, batches
-        after = newest or after
         if pause:
             time.sleep(pause)
 
@@ -200,7 +213,7 @@ def _delete_old(engine: Engine, table: str, cutoff: datetime, batch: int, pause:
     rows = batches = 0
     for metric_type in types:  # one walk of the (metric_type, timestamp) index per type
         done = _drain(engine, lambda conn, after, t=metric_type: _observation_batch(conn, t, cutoff, after, batch),
-                      batch, pause)
+                      batch, pause, start=(_EPOCH, 0))
         rows, batches = rows + done[0], batches + done[1]
     return rows, batches
 

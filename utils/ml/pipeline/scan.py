@@ -14,6 +14,11 @@
   scoring is causal: each observation against its own entity's observations
   before it, whose last 48 (up to the watermark) are read once per entity and
   carried from batch to batch (:class:`~utils.ml.pipeline.history.HistoryCache`);
+  on PostgreSQL the pages are read ahead on a second connection
+  (``ML_SCAN_READ_AHEAD``) and scored ahead on a thread
+  (``ML_SCAN_SCORE_AHEAD``, :mod:`~utils.ml.pipeline.scan_scorer`) while
+  this thread writes and commits the batch before, each batch split by
+  entity over ``ML_SCAN_SCORE_THREADS`` threads;
 * each batch is one transaction: lock the watermark row (``UPDATE ...
   RETURNING``, which also takes SQLite's write lock), read the batch from the
   locked watermark, group the new anomalies into incidents
@@ -36,6 +41,7 @@ import time
 from datetime import timedelta
 from typing import Any, Optional
 
+from flask import current_app
 from sqlalchemy import func, select, text, update
 
 from utils.extensions import db
@@ -44,10 +50,10 @@ from utils.ml.jobs.interrupt import JobInterrupted, checkpoint
 from utils.ml.anomaly_detector import AnomalyDetector
 from utils.ml.pipeline import bad_rows
 from utils.ml.pipeline.alert_rows import dialect_insert, insert_alerts, record_alerts
-from utils.ml.pipeline.batch import BatchReader, ObservationBatch
+from utils.ml.pipeline.batch import BatchReader
 from utils.ml.pipeline.detection import DetectorChain, load_reference_values
 from utils.ml.pipeline.features import MODEL_TYPE
-from utils.ml.pipeline.history import HistoryCache, entity_codes
+from utils.ml.pipeline.scan_scorer import BatchScorer
 from utils.ml.pipeline.observations import INTERNAL_METRIC_TYPES, MODEL_LOAD_TIME, check_observed_metric_type
 from utils.models import MLMetric, ScanWatermark
 from utils.settings import current
@@ -73,16 +79,6 @@ def pending_metric_types() -> list[str]:
         .order_by(metrics.c.metric_type)
     ).scalars().all()
     return list(rows)
-
-
-def _recent_only(batch: ObservationBatch, cutoff: float) -> tuple[ObservationBatch, int]:
-    """``batch`` without its observations timed before ``cutoff`` (epoch seconds), and how many those were."""
-    recent = batch.timestamps >= cutoff
-    old = int(recent.size - int(recent.sum()))
-    if not old:
-        return batch, 0
-    return ObservationBatch(batch.values[recent], batch.entity_ids[recent], batch.observation_ids[recent],
-                            has_entities=batch.has_entities, timestamps=batch.timestamps[recent]), old
 
 
 def _ensure_watermark(metric_type: str) -> None:
@@ -171,14 +167,16 @@ def scan_metric_type(metric_type: str, *, batch_size: Optional[int] = None,
     summary["watermark"] = db.session.execute(
         select(ScanWatermark.last_observation_id).where(ScanWatermark.metric_type == metric_type)
     ).scalar_one()
-    history = HistoryCache(db.session, metric_type)
+    reader = BatchReader(metric_type, upper, batch_size)  # reads ahead on a second thread (PostgreSQL)
+    # Scores ahead on a third thread (PostgreSQL) while this one writes and commits.
+    scorer = BatchScorer(metric_type, reader, cutoff, ahead=int(current("ML_SCAN_SCORE_AHEAD")),
+                         app=current_app._get_current_object(), threads=int(current("ML_SCAN_SCORE_THREADS")))
     chain = detector.chain(metric_type, reference_loader=lambda: load_reference_values(metric_type),
-                           history_loader=lambda b: history.for_batch(entity_codes(b.entity_ids),
-                                                                      upto_id=summary["watermark"]))
+                           history_loader=scorer.history_for)
+    scorer.chain = chain
     if upper is not None and summary["watermark"] < upper:
         chain.ensure_loaded()  # once per metric type, before any lock is taken
     db.session.rollback()
-    reader = BatchReader(metric_type, upper, batch_size)  # reads ahead on a second thread (PostgreSQL)
     try:
         while upper is not None and summary["watermark"] < upper:
             checkpoint(f"between scan batches of {metric_type}")  # every batch so far is committed
@@ -187,21 +185,18 @@ def scan_metric_type(metric_type: str, *, batch_size: Optional[int] = None,
             if watermark >= upper:
                 db.session.rollback()
                 break
-            batch = reader.fetch(watermark)
-            last_id, dropped = batch.last_read_id, batch.dropped
-            if last_id is None:
+            item = scorer.next(watermark)  # scored while the previous batch was written, when scoring ahead
+            if item.last_id is None:
                 db.session.rollback()
                 break
-            summary["bad_rows"] += dropped
-            batch, old = _recent_only(batch, cutoff)
-            summary["older_than_window"] += old
+            summary["bad_rows"] += item.dropped
+            summary["older_than_window"] += item.old
+            batch = item.batch
             recorded = {"inserted": 0, "candidates": 0, "opened": 0}
-            if len(batch):  # a page of only unusable rows still moves the watermark past them
-                scores = chain.score(batch)
-                history.advance(entity_codes(batch.entity_ids), batch.timestamps, batch.values)
-                recorded = record_alerts(metric_type, batch, scores, chain.method, chain.model_id)
+            if item.scores is not None:
+                recorded = record_alerts(metric_type, batch, item.scores, item.method, item.model_id)
             inserted = recorded["inserted"]
-            new_watermark = last_id
+            new_watermark = item.last_id
             db.session.execute(
                 update(ScanWatermark).where(ScanWatermark.metric_type == metric_type)
                 .values(last_observation_id=new_watermark, updated_at=utcnow())
@@ -215,15 +210,16 @@ def scan_metric_type(metric_type: str, *, batch_size: Optional[int] = None,
             summary["incidents_opened"] += recorded["opened"]
             summary["watermark"] = new_watermark
             if inserted:
-                events.emit("alerts_raised", f"{inserted} alerts for {metric_type} ({chain.method})",
-                            metric_type=metric_type, method=chain.method, count=inserted, model_id=chain.model_id)
+                events.emit("alerts_raised", f"{inserted} alerts for {metric_type} ({item.method})",
+                            metric_type=metric_type, method=item.method, count=inserted, model_id=item.model_id)
     except BaseException:
         db.session.rollback()
         raise
     finally:
+        scorer.close()
         reader.close()
     bad_rows.report("anomaly_scan", metric_type, summary["bad_rows"])
-    summary["history_rows"] = history.loaded_rows
+    summary["history_rows"] = scorer.history_rows
     if summary["batches"]:
         summary.update(method=chain.method, model_id=chain.model_id, source=chain.source,
                        load_ms=round(chain.load_ms, 3), fallback_reasons=list(chain.fallback_reasons))
