@@ -8,6 +8,7 @@ from sqlalchemy import func, insert, select, text
 
 from tests.procutil import ROOT
 from utils.extensions import db
+from utils.ml.incidents.models import MLIncident
 from utils.ml.pipeline.retention import RetentionPolicy, run_retention
 from utils.models import JobRun, MLAlert, MLMetric
 from utils.time import utcnow
@@ -29,6 +30,13 @@ def _alert(observation_id, days_ago: float, *, method="z_score", **state) -> int
         observation_id=observation_id, created_at=when, detected_at=when, **state)).scalar_one()
 
 
+def _incident(days_ago: float) -> int:
+    when = utcnow() - timedelta(days=days_ago)
+    return db.session.execute(insert(MLIncident).returning(MLIncident.id).values(
+        metric_type="stok_seviye", entity_id=1, started_at=when, ended_at=when + timedelta(hours=2),
+        alert_count=1, severity="high")).scalar_one()
+
+
 def _run(job: str, days_ago: float, status: str) -> int:
     when = utcnow() - timedelta(days=days_ago)
     return db.session.execute(insert(JobRun).returning(JobRun.id).values(
@@ -48,14 +56,16 @@ def history(app_ctx):
     old = {t: _observations(t, 200, 230) for t in ("stok_seviye", "tuketim_miktar")}  # 2 metric types, 3 batches each
     recent = _observations("stok_seviye", 10, 20)
     boundary = _observations("dolum_sure", 179, 5)  # younger than 180 days: kept
+    incidents = {"inc_of_fp": _incident(400), "inc_of_open": _incident(400), "inc_empty_old": _incident(400),
+                 "inc_recent": _incident(10)}
     rows = {
-        "old": old, "recent": recent, "boundary": boundary,
+        "old": old, "recent": recent, "boundary": boundary, **incidents,
         # Open: its observation is kept, however old; closed ones lose only the link.
         "open_alert": _alert(old["stok_seviye"][0], 200),
         "read_alert": _alert(old["stok_seviye"][1], 200, is_read=True),
-        "old_fp_alert": _alert(None, 400, is_false_positive=True),
+        "old_fp_alert": _alert(None, 400, is_false_positive=True, incident_id=incidents["inc_of_fp"]),
         "old_resolved_alert": _alert(None, 400, resolved_at=utcnow()),
-        "old_open_alert": _alert(None, 400),
+        "old_open_alert": _alert(None, 400, incident_id=incidents["inc_of_open"]),
         "hotel_app_alert": _alert(None, 400, method=None, is_read=True),  # the hotel app's: not ours to delete
         "runs_old": [_run("anomaly_scan", 100 + i, "failed") for i in range(3)],
         "run_old_success": _run("train_models", 120, "success"),  # that job's latest success: kept
@@ -68,13 +78,14 @@ def history(app_ctx):
 
 
 def test_a_dry_run_counts_what_would_go_and_deletes_nothing(history):
-    before = (_ids(MLMetric), _ids(MLAlert), _ids(JobRun))
+    before = (_ids(MLMetric), _ids(MLAlert), _ids(JobRun), _ids(MLIncident))
     result = run_retention(db.engine, POLICY, dry_run=True)
     assert result["dry_run"] is True
     assert result["observations"]["rows"] == 459  # 460 old, less the one an open alert points at
     assert result["alerts"]["rows"] == 2  # our false positive and our resolved alert, 400 days old
     assert result["job_runs"]["rows"] == 3
-    assert (_ids(MLMetric), _ids(MLAlert), _ids(JobRun)) == before
+    assert result["incidents"]["rows"] == 2  # the false positive's (its one alert would go) and the empty one
+    assert (_ids(MLMetric), _ids(MLAlert), _ids(JobRun), _ids(MLIncident)) == before
 
 
 def test_retention_deletes_in_batches_and_keeps_what_is_still_needed(history):
@@ -94,9 +105,13 @@ def test_retention_deletes_in_batches_and_keeps_what_is_still_needed(history):
     assert links[history["read_alert"]] is None  # its observation went; the alert stays
     assert _ids(JobRun) == {history[k] for k in ("run_old_success", "run_old_failed_later", "run_old_running",
                                                  "run_recent")}
+    # An incident goes with its last alert; one with an open alert, or recent, stays.
+    assert result["incidents"]["rows"] == 2
+    assert _ids(MLIncident) == {history["inc_of_open"], history["inc_recent"]}
     # A second run finds nothing more.
     again = run_retention(db.engine, POLICY)
-    assert (again["observations"]["rows"], again["alerts"]["rows"], again["job_runs"]["rows"]) == (0, 0, 0)
+    assert (again["observations"]["rows"], again["alerts"]["rows"], again["job_runs"]["rows"],
+            again["incidents"]["rows"]) == (0, 0, 0, 0)
 
 
 def test_zero_keeps_everything(history):

@@ -92,6 +92,7 @@ def migrate_store_command(to: str, dry_run: bool) -> None:
 
 
 _TABLE_WORDS = {"observations": "observations (ml_metrics)", "alerts": "closed alerts of ours (ml_alerts)",
+                "incidents": "incidents left without alerts (ml_incidents)",
                 "job_runs": "finished job runs (ml_job_runs)"}
 
 
@@ -101,7 +102,9 @@ def retention_lines(result: Optional[dict[str, Any]]) -> list[str]:
         return []
     lines = []
     for table, words in _TABLE_WORDS.items():
-        entry = result[table]
+        entry = result.get(table)
+        if entry is None:  # a result stored by a version without this table's retention
+            continue
         if not entry["retention_days"]:
             lines.append(f"🗄️  {words}: kept forever (retention 0)")
             continue

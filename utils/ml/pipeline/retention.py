@@ -15,6 +15,9 @@ Each table has its own setting; 0 keeps everything:
   to keep) that are closed — read, marked a false positive, or resolved —
   and older than ``ML_ALERT_RETENTION_DAYS`` (default 365), by ``created_at``.
   Open alerts are never deleted, however old.
+* ``ml_incidents`` that started and ended before the alert cutoff and that
+  no alert points at any more (their alerts went by the rule above), with
+  the same setting: an incident is the summary of its alerts.
 * ``ml_job_runs`` that finished more than ``ML_JOB_RUN_RETENTION_DAYS`` ago
   (default 90), except each job's latest run and latest success (``/metrics``
   reports them).
@@ -32,14 +35,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping, Optional
 
-from sqlalchemy import DateTime, Integer, bindparam, delete, func, literal, select, text, union, update
+from sqlalchemy import DateTime, Integer, bindparam, delete, func, literal, select, text, tuple_, union, update
 from sqlalchemy.engine import Connection, Engine
 
 from utils.ml.jobs.records import STATUS_RUNNING, STATUS_SUCCESS
+from utils.ml.incidents.models import MLIncident
 from utils.models import JobRun, MLAlert, MLMetric
 from utils.time import utcnow
 
 METRICS, ALERTS, RUNS = MLMetric.__table__, MLAlert.__table__, JobRun.__table__
+INCIDENTS = MLIncident.__table__
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -160,6 +165,25 @@ def _alert_batch(conn: Connection, cutoff: datetime, after: datetime, batch: int
     return len(rows), len(rows), max((row[1] for row in rows), default=after)
 
 
+def _incident_batch(conn: Connection, cutoff: datetime, after: tuple[datetime, int],
+                    batch: int) -> tuple[int, int, tuple[datetime, int]]:
+    """Delete the next ``batch`` incidents past the cursor ``(started_at, id)`` that no alert points at."""
+    rows = conn.execute(
+        select(INCIDENTS.c.id, INCIDENTS.c.started_at)
+        .where(INCIDENTS.c.started_at < cutoff, tuple_(INCIDENTS.c.started_at, INCIDENTS.c.id) > tuple_(*after))
+        .order_by(INCIDENTS.c.started_at, INCIDENTS.c.id).limit(batch)
+    ).all()
+    if not rows:
+        return 0, 0, after
+    gone = list(conn.execute(
+        select(INCIDENTS.c.id).where(INCIDENTS.c.id.in_([row[0] for row in rows]), INCIDENTS.c.ended_at < cutoff,
+                                     ~select(literal(1)).where(ALERTS.c.incident_id == INCIDENTS.c.id).exists())
+    ).scalars())
+    if gone:
+        conn.execute(delete(INCIDENTS).where(INCIDENTS.c.id.in_(gone)))
+    return len(gone), len(rows), (rows[-1][1], int(rows[-1][0]))
+
+
 def _kept_runs():
     """Each job's latest run and latest success: never deleted."""
     return union(select(func.max(RUNS.c.id)).group_by(RUNS.c.job_name),
@@ -182,6 +206,11 @@ def _count(conn: Connection, table: str, cutoff: datetime) -> int:
         query = select(func.count()).select_from(METRICS).where(METRICS.c.timestamp < cutoff, ~_open_alert_exists())
     elif table == "alerts":
         query = select(func.count()).select_from(ALERTS).where(ALERTS.c.created_at < cutoff, _closed_ours())
+    elif table == "incidents":  # every alert of it would go first
+        stays = select(literal(1)).where(ALERTS.c.incident_id == INCIDENTS.c.id,
+                                         ~((ALERTS.c.created_at < cutoff) & _closed_ours())).exists()
+        query = select(func.count()).select_from(INCIDENTS).where(
+            INCIDENTS.c.started_at < cutoff, INCIDENTS.c.ended_at < cutoff, ~stays)
     else:
         query = select(func.count()).select_from(RUNS).where(
             RUNS.c.started_at < cutoff, RUNS.c.status != STATUS_RUNNING, RUNS.c.id.not_in(_kept_runs()))
@@ -208,6 +237,9 @@ def _delete_old(engine: Engine, table: str, cutoff: datetime, batch: int, pause:
         return _drain(engine, lambda conn, after: _alert_batch(conn, cutoff, after, batch), batch, pause)
     if table == "job_runs":
         return _drain(engine, lambda conn, after: _run_batch(conn, cutoff, after, batch), batch, pause)
+    if table == "incidents":
+        return _drain(engine, lambda conn, after: _incident_batch(conn, cutoff, after, batch), batch, pause,
+                      start=(_EPOCH, 0))
     with engine.connect() as conn:
         types = metric_types(conn)
     rows = batches = 0
@@ -222,13 +254,13 @@ def run_retention(engine: Engine, policy: RetentionPolicy, *, dry_run: bool = Fa
                   now: Optional[datetime] = None, pause_seconds: float = 0.0) -> dict[str, Any]:
     """Apply ``policy`` (see the module docstring); with ``dry_run`` only count what would go.
 
-    Returns per table (``alerts``, ``observations``, ``job_runs``):
+    Returns per table (``alerts``, ``incidents``, ``observations``, ``job_runs``):
     ``retention_days``, ``cutoff`` (None when disabled), ``rows`` (deleted,
     or that would be), ``batches`` and ``seconds``; and ``dry_run``.
-    Alerts go first, so observations their deletion frees are not kept for them.
+    Alerts go first, so observations and incidents their deletion frees are not kept for them.
     """
     now = now or utcnow()
-    days_of = {"alerts": policy.alert_days, "observations": policy.observation_days,
+    days_of = {"alerts": policy.alert_days, "incidents": policy.alert_days, "observations": policy.observation_days,
                "job_runs": policy.job_run_days}
     result: dict[str, Any] = {"dry_run": dry_run}
     for table, days in days_of.items():
