@@ -115,3 +115,20 @@ def test_an_error_on_the_scoring_thread_reaches_the_scan_and_the_thread_ends(hot
             db.session.commit()
     assert _threads() == []
 
+
+
+def test_the_scoring_thread_keeps_the_jobs_database_bounds(hotel):
+    from utils import db_bounds
+
+    seen = []
+    with _scorer("stok_seviye", 1, hotel) as scorer:
+        chain_score = scorer.chain.score
+
+        def score(batch):  # records the profile the thread's database calls would run under
+            seen.append((threading.current_thread().name, db_bounds._profile.get()))
+            return chain_score(batch)
+
+        scorer.chain.score = score
+        with db_bounds.bounds_profile(db_bounds.JOB):
+            scorer.next(0)
+    assert seen and all(name.startswith("scan-scorer-") and profile == db_bounds.JOB for name, profile in seen)

@@ -8,6 +8,7 @@ arrays scoring needs.  A value that is not a finite number is refused with
 """
 from __future__ import annotations
 
+import contextvars
 import math
 import queue
 import threading
@@ -266,7 +267,9 @@ class BatchReader:
         self.close()
         self._halt = threading.Event()
         self._queue = queue.Queue(maxsize=self.read_ahead)
-        self._thread = threading.Thread(target=self._produce, args=(after, self._queue, self._halt),
+        # In a copy of the caller's context: the job's database bounds (utils.db_bounds) hold on the thread.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._produce, after, self._queue, self._halt),
                                         name=f"scan-reader-{self.metric_type}", daemon=True)
         self._thread.start()
 

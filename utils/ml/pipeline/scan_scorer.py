@@ -30,6 +30,7 @@ entity) the two threads held the GIL against each other and a batch took
 """
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -144,7 +145,9 @@ class BatchScorer:
             self.history = HistoryCache(db.session, self.metric_type)
         self._halt = threading.Event()
         self._queue = queue.Queue(maxsize=self.ahead)
-        self._thread = threading.Thread(target=self._produce, args=(after, self._queue, self._halt),
+        # In a copy of the caller's context: the job's database bounds (utils.db_bounds) hold on the thread.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._produce, after, self._queue, self._halt),
                                         name=f"scan-scorer-{self.metric_type}", daemon=True)
         self._thread.start()
 
