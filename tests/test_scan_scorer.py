@@ -68,12 +68,12 @@ def test_scoring_ahead_raises_the_same_alerts_as_scoring_in_turn(hotel):
         assert _threads() == []  # every thread ended with its scan
 
 
-def _scorer(metric_type: str, ahead: int, app) -> BatchScorer:
+def _scorer(metric_type: str, ahead: int, app, threads: int = 1) -> BatchScorer:
     upper = db.session.execute(sa.text("SELECT max(id) FROM ml_metrics WHERE metric_type = :t"),
                                {"t": metric_type}).scalar()
     db.session.rollback()
     reader = BatchReader(metric_type, int(upper), PAGE, read_ahead=0)
-    scorer = BatchScorer(metric_type, reader, cutoff=0.0, ahead=ahead, app=app)
+    scorer = BatchScorer(metric_type, reader, cutoff=0.0, ahead=ahead, app=app, threads=threads)
     scorer.chain = AnomalyDetector(db).chain(metric_type, history_loader=scorer.history_for)
     scorer.chain.ensure_loaded()
     return scorer
@@ -116,7 +116,6 @@ def test_an_error_on_the_scoring_thread_reaches_the_scan_and_the_thread_ends(hot
     assert _threads() == []
 
 
-
 def test_the_scoring_thread_keeps_the_jobs_database_bounds(hotel):
     from utils import db_bounds
 
@@ -132,3 +131,28 @@ def test_the_scoring_thread_keeps_the_jobs_database_bounds(hotel):
         with db_bounds.bounds_profile(db_bounds.JOB):
             scorer.next(0)
     assert seen and all(name.startswith("scan-scorer-") and profile == db_bounds.JOB for name, profile in seen)
+
+
+def test_a_batch_split_by_entity_over_threads_scores_exactly_as_whole(hotel):
+    def every_batch(threads: int) -> list:
+        with _scorer("stok_seviye", 0, hotel, threads=threads) as scorer:
+            scorer.min_split = 10  # split every batch of the small hotel
+            out, after = [], 0
+            while True:
+                item = scorer.next(after)
+                if item.last_id is None:
+                    return out
+                out.append(item)
+                after = item.last_id
+
+    whole, split = every_batch(1), every_batch(3)
+    assert len(whole) == len(split) > 3
+    flagged = 0
+    for a, b in zip(whole, split):
+        np.testing.assert_array_equal(a.batch.observation_ids, b.batch.observation_ids)
+        for name in ("score", "is_anomaly", "threshold", "expected"):
+            np.testing.assert_array_equal(getattr(a.scores, name), getattr(b.scores, name))
+        assert a.scores.severity == b.scores.severity
+        flagged += int(a.scores.is_anomaly.sum())
+    assert flagged > 0  # the comparison covers alerts, not only quiet rows
+    assert [t for t in threading.enumerate() if t.name.startswith("scan-score-")] == []

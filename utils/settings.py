@@ -124,6 +124,10 @@ SETTINGS: tuple[Setting, ...] = (
     # overlaps the numpy/forest work with the waits on the database.
     Setting("ML_SCAN_SCORE_AHEAD", _int(0, 4), 1,
             "scan batches scored ahead on a thread while the previous one is written (0: score in turn)"),
+    # A row's causal score depends only on its own entity's rows, and the detector's numpy and
+    # forest work mostly leaves the GIL free: a batch split by entity scores on both cores.
+    Setting("ML_SCAN_SCORE_THREADS", _int(1, 8), 2,
+            "threads a scan batch is scored on, split by entity (1: one thread)"),
     # The contract writes model_load_time rows into ml_metrics.  A database shared with
     # the minibar app: its ORM fails on a metric type outside its enum (README "legacy").
     Setting("ML_RECORD_LOAD_TIME", _bool, True,

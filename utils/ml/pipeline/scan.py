@@ -17,7 +17,8 @@
   on PostgreSQL the pages are read ahead on a second connection
   (``ML_SCAN_READ_AHEAD``) and scored ahead on a thread
   (``ML_SCAN_SCORE_AHEAD``, :mod:`~utils.ml.pipeline.scan_scorer`) while
-  this thread writes and commits the batch before;
+  this thread writes and commits the batch before, each batch split by
+  entity over ``ML_SCAN_SCORE_THREADS`` threads;
 * each batch is one transaction: lock the watermark row (``UPDATE ...
   RETURNING``, which also takes SQLite's write lock), read the batch from the
   locked watermark, group the new anomalies into incidents
@@ -169,7 +170,7 @@ def scan_metric_type(metric_type: str, *, batch_size: Optional[int] = None,
     reader = BatchReader(metric_type, upper, batch_size)  # reads ahead on a second thread (PostgreSQL)
     # Scores ahead on a third thread (PostgreSQL) while this one writes and commits.
     scorer = BatchScorer(metric_type, reader, cutoff, ahead=int(current("ML_SCAN_SCORE_AHEAD")),
-                         app=current_app._get_current_object())
+                         app=current_app._get_current_object(), threads=int(current("ML_SCAN_SCORE_THREADS")))
     chain = detector.chain(metric_type, reference_loader=lambda: load_reference_values(metric_type),
                            history_loader=scorer.history_for)
     scorer.chain = chain
