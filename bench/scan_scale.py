@@ -7,15 +7,19 @@ chain it loads N observations over 400 days with one binary COPY
 the real trainer, then, side by side in one run:
 
 * how much of ``score_samples`` runs without the GIL (:mod:`bench.gil`);
-* the raw rate: ``score_samples`` of the active models on one thread over
-  ``--raw-rows`` observations already in memory, timed before and after
-  the scan (the machine is shared: both are reported, the ratio uses their
+* the raw rate: the active models' scoring on one thread of ``--raw-rows``
+  observations already in memory, in the scan's batches with each entity's
+  history carried from batch to batch (:func:`bench.scan.raw_rate`: the
+  scan's scoring work without the database), timed before and after the
+  scan (the machine is shared: both are reported, the ratio uses their
   mean);
 * the scan: ``run_scan()`` over every observation in a fresh process
-  (:mod:`bench.scan_worker`), reading ahead as configured by default
-  (``ML_SCAN_READ_AHEAD`` = 2) — time, rows/s, peak RSS; with
-  ``--in-turn`` also the same scan reading each batch in its own
-  transaction;
+  (:mod:`bench.scan_worker`) with the defaults (pages read ahead on a
+  second connection, ``ML_SCAN_READ_AHEAD`` = 2; batches scored ahead of the
+  writes, ``ML_SCAN_SCORE_AHEAD`` = 1, each split by entity over
+  ``ML_SCAN_SCORE_THREADS`` = 2 threads) — time, rows/s, process CPU, peak
+  RSS; with ``--in-turn`` also the same scan reading and scoring each batch
+  in its own transaction, one thread;
 * retention at 180 days (``run_retention``, batches of 5000), then the scan
   again over what is left (watermarks and alerts reset), right after the
   DELETEs as the cleanup job leaves the table: scan time before and after.
@@ -123,7 +127,7 @@ def run(args: argparse.Namespace, url: str, workdir: Path) -> dict[str, Any]:
         report["scan"] = _scan(url, models_dir, report["training"]["read_ahead"])
         if args.in_turn:
             _reset_scan(engine)
-            _progress("the same scan reading in turn ...")
+            _progress("the same scan overlapping nothing ...")
             report["scan_read_in_turn"] = _scan(url, models_dir, 0)
         with app.app_context():
             report["raw_after"] = raw_rate(list(TYPES), per_type)
@@ -156,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw-rows", type=int, default=1_500_000,
                         help="observations the raw score_samples rate is measured on (default 1,500,000)")
     parser.add_argument("--in-turn", action="store_true",
-                        help="also scan everything reading each batch in turn (ML_SCAN_READ_AHEAD=0)")
+                        help="also scan everything reading and scoring each batch in turn, one thread "
+                             "(ML_SCAN_READ_AHEAD=0, ML_SCAN_SCORE_AHEAD=0, ML_SCAN_SCORE_THREADS=1)")
     parser.add_argument("--no-retention", dest="retention", action="store_false",
                         help="skip retention and the scan after it")
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -189,9 +194,9 @@ def render(report: dict[str, Any]) -> str:
              f"({load['copy_rows_per_second']:,} rows/s; indexes {load['index_seconds']} s); "
              f"models: {report['training']['n_estimators']} trees, batches of {report['training']['batch_size']}",
              "                                            rows         s    rows/s  / raw  peak RSS MiB",
-             _line(f"scan, read ahead {report['scan']['read_ahead']}", report["scan"], raw)]
+             _line("scan, defaults (overlapped)", report["scan"], raw)]
     if "scan_read_in_turn" in report:
-        lines.append(_line("scan, read in turn", report["scan_read_in_turn"], raw))
+        lines.append(_line("scan, nothing overlapped", report["scan_read_in_turn"], raw))
     if "scan_after_retention" in report:
         lines.append(_line("scan after retention", report["scan_after_retention"], raw))
     lines.append(f"  raw score_samples, one thread       {report['raw_before']['rows']:>11,}  before "

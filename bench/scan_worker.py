@@ -1,4 +1,4 @@
-"""One scan in a fresh process: ``python -m bench.scan_worker URL MODELS_DIR READ_AHEAD``.
+"""One scan in a fresh process: ``python -m bench.scan_worker URL MODELS_DIR READ_AHEAD`` (0: overlap nothing).
 
 Runs ``run_scan()`` (what ``flask ml scan`` runs) against the database and
 prints one JSON object: rows, alerts, seconds, rows per second, and the
@@ -26,8 +26,10 @@ def main(argv: list[str]) -> int:
     # Scans step over observations older than the training window; the bench's data spans
     # 400 days and the scan is to read all of it, so the window covers it (and retention,
     # which must outlive the window, keeps everything in this process).
+    # READ_AHEAD 0 stands for a scan that overlaps nothing: it also scores in turn, on one thread.
+    overlap = {} if read_ahead else {"ML_SCAN_SCORE_AHEAD": 0, "ML_SCAN_SCORE_THREADS": 1}
     app = dbutil.make_app(url, models_dir, ML_SCAN_READ_AHEAD=read_ahead, ML_TRAIN_WINDOW_DAYS=3650,
-                          ML_OBSERVATION_RETENTION_DAYS=0)
+                          ML_OBSERVATION_RETENTION_DAYS=0, **overlap)
     from utils.ml.pipeline.scan import run_scan
 
     with app.app_context():
