@@ -138,7 +138,8 @@ class BatchScorer:
             mine = history_codes % self.threads == k
             part = ObservationBatch(batch.values[rows], batch.entity_ids[rows], batch.observation_ids[rows],
                                     has_entities=batch.has_entities, timestamps=batch.timestamps[rows])
-            parts.append((rows, part, (history[0][mine], history[1][mine], history[2][mine])))
+            if rows.size:  # every entity may fall on one side
+                parts.append((rows, part, (history[0][mine], history[1][mine], history[2][mine])))
         try:
             futures = [self._pool.submit(score_causal, model, part, h) for _rows, part, h in parts[1:]]
             results = [score_causal(model, parts[0][1], parts[0][2])] + [f.result() for f in futures]
