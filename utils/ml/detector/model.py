@@ -301,7 +301,14 @@ def _forest_score(forest: IsolationForest, deviation: np.ndarray) -> np.ndarray:
     return -forest.score_samples((np.sign(d) * np.log1p(np.abs(d)))[:, None])
 
 
-def _score_threshold(forest: IsolationForest, limit: np.ndarray, sign: float) -> np.ndarray:
+def _envelope(forest: IsolationForest, sign: float) -> np.ndarray:
+    """The forest's lowest score over each grid deviation and every larger one, on one side."""
+    scores = _forest_score(forest, sign * np.expm1(_GRID))
+    return np.minimum.accumulate(scores[::-1])[::-1]
+
+
+def _score_threshold(forest: IsolationForest, limit: np.ndarray, sign: float,
+                     envelope: Optional[np.ndarray] = None) -> np.ndarray:
     """The lowest score the forest gives any deviation beyond ``limit`` on that side.
 
     A forest's score is a noisy, nearly monotone function of the deviation,
@@ -310,8 +317,8 @@ def _score_threshold(forest: IsolationForest, limit: np.ndarray, sign: float) ->
     (up to e^8 scales) keeps the forest's judgement and drops the noise.
     """
     grid = np.expm1(_GRID)  # deviations 0 .. ~3000 scales, log-spaced
-    scores = _forest_score(forest, sign * grid)
-    envelope = np.minimum.accumulate(scores[::-1])[::-1]  # min over this and every larger deviation
+    if envelope is None:
+        envelope = _envelope(forest, sign)
     at = np.clip(np.searchsorted(grid, np.asarray(limit, dtype=float)), 0, grid.size - 1)
     return envelope[at]
 
@@ -347,8 +354,9 @@ def train(entity: Any, ts: Any, value: Any, settings: DetectorSettings = Detecto
     for side, sign in (("pos", 1.0), ("neg", -1.0)):
         calibration["dev_" + side], metric["dev_" + side] = _limits(sign * dev, index, size, n, w, c, alpha, m_alpha)
         # The deviation limit as a forest score: what the forest gives that deviation.
-        calibration["thr_" + side] = _score_threshold(forest, calibration["dev_" + side], sign)
-        metric["thr_" + side] = float(_score_threshold(forest, np.array([metric["dev_" + side]]), sign)[0])
+        envelope = _envelope(forest, sign)  # one forest pass per side serves every entity and the metric
+        calibration["thr_" + side] = _score_threshold(forest, calibration["dev_" + side], sign, envelope)
+        metric["thr_" + side] = float(_score_threshold(forest, np.array([metric["dev_" + side]]), sign, envelope)[0])
     shift = f.shift[usable]
     for side, sign in (("pos", 1.0), ("neg", -1.0)):
         calibration["shift_" + side], metric["shift_" + side] = _limits(sign * shift, index, size, n, w, c, alpha,
