@@ -10,6 +10,7 @@ import numpy as np
 from utils.ml.detector import causal
 
 COMMON_DRIFT_SHARE = 0.15
+SPACING, SPACING_BELOW, SPACING_K = False, 5.0, 5.0
 
 
 def _per_entity(index: np.ndarray, size: int, values: np.ndarray, fn) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +74,18 @@ def _common_drift(stats: causal.EntityStats, now: float) -> dict[str, float]:
 
 
 def _tail(values: np.ndarray, c: float) -> tuple[float, float]:
-    """(1 - c) quantile and exponential tail scale (median excess / ln 2) of ``values``."""
+    """(1 - c) quantile and exponential tail scale of ``values``.
+
+    The scale is the median excess over ``q`` / ln 2; with fewer than
+    ``SPACING_BELOW`` expected exceedances (a daily count's 60 days) those are
+    one or two values, and one of the window's own spikes would set the scale
+    (and blind the entity for the whole window), so the scale comes from the
+    spacing of two quantiles instead: for an exponential tail,
+    ``q(1 - c) - q(1 - k c) = beta ln k``.
+    """
     q = float(np.quantile(values, 1 - c))
+    if SPACING and values.size * c < SPACING_BELOW:
+        k = min(SPACING_K, 0.5 / c)
+        return q, max(q - float(np.quantile(values, 1 - k * c)), 0.0) / np.log(k)
     excess = values[values > q] - q
     return q, float(np.median(excess)) / np.log(2) if excess.size else 0.0

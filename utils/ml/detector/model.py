@@ -106,6 +106,9 @@ SHIFT_ALERTS = True
 # margin keeps the two channels' false alerts together near the budget.  Measured (3 seeds, default
 # budget): margin 1.0 -> P 0.67 R 0.71; 1.25 -> P 0.72 R 0.69; 1.5 -> P 0.73 R 0.65.
 SHIFT_MARGIN = 1.25
+LONG_MARGIN = 1.25
+LONG_ALERTS = False
+YOUNG_SCALE = True
 DRIFT_ALERTS = False  # measured (3 seeds): the drift channel raised 23 incidents, 1 true; drifts are found otherwise
 
 
@@ -234,6 +237,10 @@ class TrainedDetector:
             shift = SHIFT_ALERTS & f.ready & (np.abs(f.shift) > shift_limit) & (f.shift != 0)
         else:
             shift_limit, shift = np.ones(targets.size), np.zeros(targets.size, dtype=bool)
+        if "shift_long_pos" in cal and f.shift_long is not None:  # models saved before the long shift have no limits
+            long_limit = LONG_MARGIN * np.where(f.shift_long >= 0, cal["shift_long_pos"], cal["shift_long_neg"])
+            long = LONG_ALERTS & f.ready & (np.abs(f.shift_long) > long_limit) & (f.shift_long != 0)
+            shift = shift | long
         flags = deviation | stuck | drift | shift
         level = np.where(deviation, np.searchsorted(_RATIOS, np.abs(d) / dev_limit, "right"), -1)
         level = np.maximum(level, np.where(shift, np.searchsorted(_RATIOS, np.abs(f.shift) / shift_limit, "right"), -1))
@@ -331,7 +338,7 @@ def train(entity: Any, ts: Any, value: Any, settings: DetectorSettings = Detecto
         return None
     stats = causal.fit_stats(e, t, v)
     f = causal.compute(stats, e, t, v, targets)
-    causal.fit_scale(stats, f, e)
+    causal.fit_scale(stats, f, e, v if YOUNG_SCALE else None)
     usable = f.ready
     if usable.sum() < settings.min_samples:
         return None
@@ -361,6 +368,9 @@ def train(entity: Any, ts: Any, value: Any, settings: DetectorSettings = Detecto
     for side, sign in (("pos", 1.0), ("neg", -1.0)):
         calibration["shift_" + side], metric["shift_" + side] = _limits(sign * shift, index, size, n, w, c, alpha,
                                                                         m_alpha)
+    long = f.shift_long[usable]
+    for side, sign in (("pos", 1.0), ("neg", -1.0)):
+        calibration["shift_long_" + side], metric["shift_long_" + side] = _limits(sign * long, index, size, n, w, c, alpha, m_alpha)
     metric.update(_common_drift(stats, now if now is not None else float(t.max())))
     return TrainedDetector(stats.tail(causal.DRIFT_DAYS), forest, calibration, metric, settings,
                            float(now if now is not None else t.max()), int(X.shape[0]))
