@@ -10,7 +10,7 @@ import numpy as np
 from utils.ml.detector import causal
 
 COMMON_DRIFT_SHARE = 0.15
-SPACING, SPACING_BELOW, SPACING_K = False, 5.0, 5.0
+SPACING, SPACING_BELOW, SPACING_K = True, 5.0, 5.0
 
 
 def _per_entity(index: np.ndarray, size: int, values: np.ndarray, fn) -> tuple[np.ndarray, np.ndarray]:

@@ -107,7 +107,7 @@ SHIFT_ALERTS = True
 # budget): margin 1.0 -> P 0.67 R 0.71; 1.25 -> P 0.72 R 0.69; 1.5 -> P 0.73 R 0.65.
 SHIFT_MARGIN = 1.25
 LONG_MARGIN = 1.25
-LONG_ALERTS = False
+LONG_ALERTS = True
 YOUNG_SCALE = True
 DRIFT_ALERTS = False  # measured (3 seeds): the drift channel raised 23 incidents, 1 true; drifts are found otherwise
 
@@ -237,13 +237,15 @@ class TrainedDetector:
             shift = SHIFT_ALERTS & f.ready & (np.abs(f.shift) > shift_limit) & (f.shift != 0)
         else:
             shift_limit, shift = np.ones(targets.size), np.zeros(targets.size, dtype=bool)
-        if "shift_long_pos" in cal and f.shift_long is not None:  # models saved before the long shift have no limits
+        shift_ratio = np.abs(f.shift) / shift_limit
+        if "shift_long_pos" in cal:  # models saved before the long shift have no limits for it
             long_limit = LONG_MARGIN * np.where(f.shift_long >= 0, cal["shift_long_pos"], cal["shift_long_neg"])
             long = LONG_ALERTS & f.ready & (np.abs(f.shift_long) > long_limit) & (f.shift_long != 0)
-            shift = shift | long
+            shift_ratio = np.maximum(shift_ratio, np.where(long, np.abs(f.shift_long) / long_limit, 0.0))
+            shift = shift | long  # one channel for the operator: the level moved
         flags = deviation | stuck | drift | shift
         level = np.where(deviation, np.searchsorted(_RATIOS, np.abs(d) / dev_limit, "right"), -1)
-        level = np.maximum(level, np.where(shift, np.searchsorted(_RATIOS, np.abs(f.shift) / shift_limit, "right"), -1))
+        level = np.maximum(level, np.where(shift, np.searchsorted(_RATIOS, shift_ratio, "right"), -1))
         level = np.maximum(level, np.where(stuck, np.searchsorted(_NATS, f.stuck - stuck_limit, "right"), -1))
         level = np.maximum(level, np.where(drift, np.searchsorted(_RATIOS, np.abs(f.drift) / cal["drift"], "right"),
                                            -1))
