@@ -17,7 +17,12 @@ Per entity, learnt from the training window (:func:`fit_stats` and
 * **scales**: 1.4826 x MAD of the entity's own causal residuals in the
   window (mean absolute deviation x 1.2533 when MAD is 0), at least half its
   value resolution: never the metric's spread, so a 0-0.9 entity has its own.
-  One for ``r``, one for ``r_local``;
+  One for ``r``, one for ``r_local``.  An entity new in the window, with
+  fewer than ``SCALE_MIN`` (10) causal residuals, gets the scale of its own
+  values around their median x ``1 + 2/sqrt(n)`` (as an entity new since
+  training does), not the resolution floor: measured, a new wing's rooms
+  with ten counts 0-38 and the half-item floor as their scale raised most
+  of the daily consumption's false incidents;
 * **level window** ``m`` = observations per active day, clipped to [5, 24];
 * **repeat costs** = -log(share of consecutive equal values), after the
   entity's most common value (an empty room's 0) and after any other value;
@@ -40,6 +45,8 @@ Per observation, from the entity's previous ``HISTORY`` (= 48) observations
 * ``shift``: (median of this row and the previous ``RUN - 1`` deseasonalised
   values - median of the ``m`` before them) / scale, 0 unless its sign is
   ``r``'s and the row has ``MIN_PRIOR + RUN - 1`` previous observations;
+  ``shift_long`` the same over ``RUN_LONG`` rows, for entities observed at
+  least ``LONG_MIN_RATE`` times a day (0 for the others);
 * ``drift``: weekly slope when the last ~day's level, last week's median and
   the week before's all move the same way (the smaller of the two steps, in
   scales per week; 0 when they disagree, as after a one-off level shift, and

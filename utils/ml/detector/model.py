@@ -15,6 +15,9 @@ Training (:func:`train`, daily, on one metric type's 60-day window):
    the entity's own deviations in the window: the ``(1 - contamination)``
    quantile ``q`` and the exponential scale ``beta`` of the excesses above
    it (median excess / ln 2, robust to the window's own anomalies), shrunk
+   (with fewer than 5 expected exceedances, as a daily count's 60 days have,
+   ``beta`` comes from the spacing of the ``1 - c`` and ``1 - 5c`` quantiles
+   instead, so one of the window's own spikes cannot set it), shrunk
    toward the metric's with weight ``n / (n + shrink_n)`` -- a shrinkage that
    only ever raises a short history's tail -- and widened by ``1 + 1/(n c)``
    for few exceedances.  The limit is the deviation whose tail probability is
@@ -42,7 +45,12 @@ An observation is an alert when any channel fires:
   entity's scale, same sign as the row's own deviation), beyond
   ``SHIFT_MARGIN`` (1.25) x its own per-entity limit, computed as ``D`` is.
   It finds a level shift's onset, a several-row spike and a drift's repair
-  whose rows each stay under ``D``;
+  whose rows each stay under ``D``; and the **long shift**, the same over the
+  last ``causal.RUN_LONG`` (6) rows (:attr:`causal.Features.shift_long`,
+  entities observed at least 6 times a day, so the six rows fall within a day
+  of the onset), beyond ``LONG_MARGIN`` (1.25) x its own per-entity limit:
+  a level shift too small for three rows is clear in six (reported as
+  ``shift``);
 * **drift** (``DRIFT_ALERTS``, off): ``|drift|`` above ``DRIFT_FACTOR`` x the
   entity's ``(1 - contamination)`` quantile of it (at least ``DRIFT_FLOOR``
   scales a week), unless many entities moved the same way
