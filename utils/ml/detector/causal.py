@@ -208,12 +208,7 @@ def compute(stats: EntityStats, entity: np.ndarray, ts: np.ndarray, value: np.nd
     # Shift: the median of this row and the previous RUN - 1 against the median of the m rows before
     # those, in the entity's scale.  A level shift's or a several-row spike's rows each sit near the
     # deviation limit, but together they move a median of RUN that normal noise rarely moves.
-    last = np.column_stack([x - season[t_sorted], y_prev[:, :RUN - 1]])
-    before = y_prev[:, RUN - 1:RUN - 1 + LEVEL_MAX].copy()
-    before[np.arange(LEVEL_MAX)[None, :] >= m[:, None]] = np.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        shift = (row_median(last) - row_median(before)) / scale
+    shift = _run_shift(x - season[t_sorted], y_prev, m, scale, RUN)
     shift = np.where(ready & (n_prior >= MIN_PRIOR + RUN - 1) & np.isfinite(shift) & (np.sign(shift) == np.sign(r)),
                      shift, 0.0)
     shift_long = _run_shift(x - season[t_sorted], y_prev, m, scale, RUN_LONG)
