@@ -175,3 +175,37 @@ def test_bad_settings_name_the_field(field, value):
 
 def test_too_little_data_trains_nothing():
     assert D.train([1] * 10, T0 + np.arange(10) * HOUR, np.arange(10.0)) is None
+
+
+def test_entity_new_in_the_window_gets_a_scale_from_its_values_not_the_floor():
+    """A room opened 12 hours before training: 12 counts 0-38, too few causal residuals for a scale.
+
+    Its scale comes from its own values (with the small-sample inflation), so
+    a later 30 -- as ordinary as its 26 and 38 -- is no alert; with the
+    half-item floor as its scale, it was 60 scales out.
+    """
+    e, t, v = synthetic()
+    (e, t, v), _ = split(e, t, v, TRAIN_DAYS)
+    counts = np.array([0, 26, 0, 10, 6, 13, 0, 8, 0, 16, 38, 5], dtype=float)
+    hours = TRAIN_DAYS * 24 - counts.size + np.arange(counts.size)
+    model = D.train(np.r_[e, np.full(counts.size, 55)], np.r_[t, T0 + hours * HOUR], np.r_[v, counts],
+                    now=T0 + TRAIN_DAYS * DAY)
+    i = np.searchsorted(model.stats.ids, 55)
+    assert model.stats.ids[i] == 55 and model.stats.scale[i] >= 5.0
+    result = model.score([55, 55], T0 + TRAIN_DAYS * DAY + np.array([0.0, HOUR]), [30.0, 12.0],
+                         history=(np.full(counts.size, 55), T0 + hours * HOUR, counts))
+    assert not result.is_anomaly.any()
+
+
+def test_one_spike_in_a_short_window_does_not_set_the_tail_scale():
+    """A daily entity's 60 deviations with one of the window's own spikes: the tail scale stays that of the rest."""
+    from utils.ml.detector.calibration import _tail
+
+    rng = np.random.default_rng(3)
+    clean = rng.exponential(1.0, 60)
+    polluted = clean.copy()
+    polluted[np.argmax(polluted)] = 80.0  # a past spike, 80 scales out
+    q_clean, beta_clean = _tail(clean, 0.02)
+    q, beta = _tail(polluted, 0.02)
+    assert q == pytest.approx(q_clean) and beta == pytest.approx(beta_clean)
+    assert 0.2 < beta_clean < 5.0

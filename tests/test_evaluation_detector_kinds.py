@@ -118,3 +118,31 @@ def test_drift_channel_is_off_and_models_without_shift_limits_still_score(base):
     before, _ = scored(old, e, t, v)
     assert "shift" not in set(before.channel[before.is_anomaly])
     assert np.array_equal(before.is_anomaly & (result.channel != "shift"), before.is_anomaly)
+
+
+def test_a_level_shift_below_both_row_limits_is_found_by_the_long_shift(base):
+    """A lasting step of 0.75 deviation limits: no row and no run of three is past its limit, six rows are.
+
+    The case makes the three-row shift limit unreachable and sets the
+    six-row one to half the deviation limit, to check the long shift itself
+    (median of the last six rows against the level before them, entities
+    seen at least six times a day); a model saved without its limits finds
+    nothing there.
+    """
+    model, (e, t, v) = copy.deepcopy(base)
+    i = np.searchsorted(model.stats.ids, ENT)
+    dev_limit = model.calibration["dev_pos"][i]
+    for key, limit in (("shift_pos", 1e9), ("shift_long_pos", 0.5 * dev_limit / D.LONG_MARGIN)):
+        model.calibration[key] = model.calibration[key].copy()
+        model.calibration[key][i] = limit
+    v = v.copy()
+    hours = list(range(START, START + 24))
+    v[np.flatnonzero((e == ENT) & (t >= T0 + START * HOUR))] *= np.exp(0.75 * dev_limit * model.stats.scale[i])
+    result, rows, _ = alerts_in(model, (e, t, v), hours, "long shift")
+    first = int(np.flatnonzero(result.is_anomaly[rows])[0])
+    assert first >= 3 and result.channel[rows[first]] == "shift"
+    old = D.TrainedDetector(model.stats, model.forest, {k: x for k, x in model.calibration.items()
+                                                         if not k.startswith("shift_long")},
+                            model.metric, D.DetectorSettings(), model.trained_until, model.samples)
+    before, _ = scored(old, e, t, v)
+    assert not before.is_anomaly[rows[:first + 1]].any()

@@ -10,6 +10,7 @@ import numpy as np
 from utils.ml.detector import causal
 
 COMMON_DRIFT_SHARE = 0.15
+SPACING, SPACING_BELOW, SPACING_K = True, 5.0, 5.0
 
 
 def _per_entity(index: np.ndarray, size: int, values: np.ndarray, fn) -> tuple[np.ndarray, np.ndarray]:
@@ -24,12 +25,22 @@ def _per_entity(index: np.ndarray, size: int, values: np.ndarray, fn) -> tuple[n
     return out, n
 
 
+def _per_entity_tail(index: np.ndarray, size: int, values: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_tail` of each entity's ``values`` in one pass: (q, beta), NaN where it has none."""
+    q, beta = np.full(size, np.nan), np.full(size, np.nan)
+    order = np.argsort(index, kind="stable")
+    bounds = np.searchsorted(index[order], np.arange(size + 1))
+    for i in range(size):
+        if bounds[i + 1] > bounds[i]:
+            q[i], beta[i] = _tail(values[order[bounds[i]:bounds[i + 1]]], c)
+    return q, beta
+
+
 def _limits(x: np.ndarray, index: np.ndarray, size: int, n: np.ndarray, w: np.ndarray, c: float,
             alpha: np.ndarray, m_alpha: float) -> tuple[np.ndarray, float]:
     """Per-entity and metric limits of one side of a deviation-like feature ``x`` (see the module docstring)."""
     m_q, m_beta = _tail(x, c)
-    q_e, _ = _per_entity(index, size, x, lambda y: _tail(y, c)[0])
-    beta_e, _ = _per_entity(index, size, x, lambda y: _tail(y, c)[1])
+    q_e, beta_e = _per_entity_tail(index, size, x, c)
     # Shrinkage toward the metric only ever raises a short history's tail, never lowers it:
     # a new room with a heavy tail of its own is not held to the metric's lighter one.
     q_e = np.where(n > 0, np.maximum(np.nan_to_num(q_e), w * np.nan_to_num(q_e) + (1 - w) * m_q), m_q)
@@ -63,7 +74,18 @@ def _common_drift(stats: causal.EntityStats, now: float) -> dict[str, float]:
 
 
 def _tail(values: np.ndarray, c: float) -> tuple[float, float]:
-    """(1 - c) quantile and exponential tail scale (median excess / ln 2) of ``values``."""
+    """(1 - c) quantile and exponential tail scale of ``values``.
+
+    The scale is the median excess over ``q`` / ln 2; with fewer than
+    ``SPACING_BELOW`` expected exceedances (a daily count's 60 days) those are
+    one or two values, and one of the window's own spikes would set the scale
+    (and blind the entity for the whole window), so the scale comes from the
+    spacing of two quantiles instead: for an exponential tail,
+    ``q(1 - c) - q(1 - k c) = beta ln k``.
+    """
     q = float(np.quantile(values, 1 - c))
+    if SPACING and values.size * c < SPACING_BELOW:
+        k = min(SPACING_K, 0.5 / c)
+        return q, max(q - float(np.quantile(values, 1 - k * c)), 0.0) / np.log(k)
     excess = values[values > q] - q
     return q, float(np.median(excess)) / np.log(2) if excess.size else 0.0

@@ -17,7 +17,12 @@ Per entity, learnt from the training window (:func:`fit_stats` and
 * **scales**: 1.4826 x MAD of the entity's own causal residuals in the
   window (mean absolute deviation x 1.2533 when MAD is 0), at least half its
   value resolution: never the metric's spread, so a 0-0.9 entity has its own.
-  One for ``r``, one for ``r_local``;
+  One for ``r``, one for ``r_local``.  An entity new in the window, with
+  fewer than ``SCALE_MIN`` (10) causal residuals, gets the scale of its own
+  values around their median x ``1 + 2/sqrt(n)`` (as an entity new since
+  training does), not the resolution floor: measured, a new wing's rooms
+  with ten counts 0-38 and the half-item floor as their scale raised most
+  of the daily consumption's false incidents;
 * **level window** ``m`` = observations per active day, clipped to [5, 24];
 * **repeat costs** = -log(share of consecutive equal values), after the
   entity's most common value (an empty room's 0) and after any other value;
@@ -40,6 +45,8 @@ Per observation, from the entity's previous ``HISTORY`` (= 48) observations
 * ``shift``: (median of this row and the previous ``RUN - 1`` deseasonalised
   values - median of the ``m`` before them) / scale, 0 unless its sign is
   ``r``'s and the row has ``MIN_PRIOR + RUN - 1`` previous observations;
+  ``shift_long`` the same over ``RUN_LONG`` rows, for entities observed at
+  least ``LONG_MIN_RATE`` times a day (0 for the others);
 * ``drift``: weekly slope when the last ~day's level, last week's median and
   the week before's all move the same way (the smaller of the two steps, in
   scales per week; 0 when they disagree, as after a one-off level shift, and
@@ -57,6 +64,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -69,7 +77,11 @@ HISTORY = 48
 MIN_PRIOR = 10  # measured: 5 let a new room's 6th count meet a scale from 5 zeros (13 of 58 false incidents)
 LOCAL = 3
 RUN = 3  # rows whose median the shift feature compares with the level before them
+# The long shift: the median of RUN_LONG rows against the level before them, for entities observed at
+# least LONG_MIN_RATE times a day (so RUN_LONG rows fall within a day of a level shift's onset).
+RUN_LONG, LONG_MIN_RATE = 6, 6.0
 COMMON_SHARE = 0.1  # a value the entity takes this often (an empty room's 0) is never a deviation
+SCALE_MIN = 10  # fewer causal residuals than this in the window: the scale comes from the values (fit_scale)
 STUCK_MIN_RUN = 2  # a stuck value repeats at least twice (three equal readings): one repeat is chance
 
 
@@ -85,6 +97,7 @@ class Features:
     known: np.ndarray  # the entity has state in the model
     common: np.ndarray  # the value is the entity's most common one (>= COMMON_SHARE of its window)
     shift: np.ndarray = None  # type: ignore[assignment]  # the last RUN rows' median against the level before them
+    shift_long: np.ndarray = None  # type: ignore[assignment]  # the same over RUN_LONG rows (frequent entities)
 
     def deviation(self) -> np.ndarray:
         """One signed deviation: ``r`` and ``r_local`` must agree, and the smaller one counts.
@@ -195,34 +208,53 @@ def compute(stats: EntityStats, entity: np.ndarray, ts: np.ndarray, value: np.nd
     # Shift: the median of this row and the previous RUN - 1 against the median of the m rows before
     # those, in the entity's scale.  A level shift's or a several-row spike's rows each sit near the
     # deviation limit, but together they move a median of RUN that normal noise rarely moves.
-    last = np.column_stack([x - season[t_sorted], y_prev[:, :RUN - 1]])
-    before = y_prev[:, RUN - 1:RUN - 1 + LEVEL_MAX].copy()
-    before[np.arange(LEVEL_MAX)[None, :] >= m[:, None]] = np.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        shift = (row_median(last) - row_median(before)) / scale
+    shift = _run_shift(x - season[t_sorted], y_prev, m, scale, RUN)
     shift = np.where(ready & (n_prior >= MIN_PRIOR + RUN - 1) & np.isfinite(shift) & (np.sign(shift) == np.sign(r)),
                      shift, 0.0)
-    return Features(r, r_local, stuck, drift, expected, scale, ready, known, common, shift)
+    shift_long = _run_shift(x - season[t_sorted], y_prev, m, scale, RUN_LONG)
+    frequent = known & ((stats.rate[index] if stats.ids.size else np.zeros(t_sorted.size)) >= LONG_MIN_RATE)
+    shift_long = np.where(frequent & ready & (n_prior >= MIN_PRIOR + RUN_LONG - 1) & np.isfinite(shift_long)
+                          & (np.sign(shift_long) == np.sign(r)), shift_long, 0.0)
+    return Features(r, r_local, stuck, drift, expected, scale, ready, known, common, shift, shift_long)
 
 
-def fit_scale(stats: EntityStats, features: Features, entity: np.ndarray) -> None:
+def _run_shift(y: np.ndarray, y_prev: np.ndarray, m: np.ndarray, scale: np.ndarray, run: int) -> np.ndarray:
+    """(median of the row and its previous ``run - 1`` values - median of the ``m`` before them) / scale."""
+    last = np.column_stack([y, y_prev[:, :run - 1]])
+    before = y_prev[:, run - 1:run - 1 + LEVEL_MAX].copy()
+    before[np.arange(LEVEL_MAX)[None, :] >= m[:, None]] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # rows without enough history are all-NaN
+        return (row_median(last) - row_median(before)) / scale
+
+
+def fit_scale(stats: EntityStats, features: Features, entity: np.ndarray, value: Optional[np.ndarray] = None) -> None:
     """Set each entity's scale from its causal residuals and rescale ``features`` to it.
 
     ``features`` must have been computed with the unit scale :func:`fit_stats`
-    leaves, for the rows of ``entity`` (all known to ``stats``).
+    leaves, for the rows of ``entity`` (all known to ``stats``).  With
+    ``value`` (the rows' values), an entity with fewer than ``SCALE_MIN``
+    causal residuals (new in the window) gets the scale of its own values
+    around their median, inflated by ``1 + 2/sqrt(n)`` as an entity new since
+    training does: a new suite's ten counts 0-38 must not meet the half-item
+    floor as its scale.
     """
     index, known = stats.lookup(entity)
     order = np.argsort(index, kind="stable")
     bounds = np.searchsorted(index[order], np.arange(stats.ids.size + 1))
     for i in range(stats.ids.size):
-        mine = order[bounds[i]:bounds[i + 1]]
-        mine = mine[features.ready[mine]]
+        rows = order[bounds[i]:bounds[i + 1]]
+        mine = rows[features.ready[rows]]
         floor = 0.5 * stats.resolution[i]
+        if value is not None and mine.size < SCALE_MIN and rows.size >= 3:
+            y = to_model_space(value[rows], np.full(rows.size, stats.log_floor[i]))
+            young = float(robust_scale(y - np.median(y))) * (1 + 2.0 / np.sqrt(rows.size))
+            stats.scale[i] = stats.scale_local[i] = max(young, floor)
+            continue
         for target, resid in ((stats.scale, features.r[mine]), (stats.scale_local, features.r_local[mine])):
             target[i] = max(float(robust_scale(resid - np.median(resid))) if resid.size >= 3 else floor, floor)
     new_scale = np.where(known, stats.scale[index], features.scale)
     features.r_local = features.r_local / np.where(known, stats.scale_local[index], 1.0)
-    for name in ("r", "drift", "shift"):
+    for name in ("r", "drift", "shift", "shift_long"):
         setattr(features, name, getattr(features, name) * features.scale / new_scale)
     features.scale = new_scale
