@@ -209,3 +209,17 @@ def test_one_spike_in_a_short_window_does_not_set_the_tail_scale():
     q, beta = _tail(polluted, 0.02)
     assert q == pytest.approx(q_clean) and beta == pytest.approx(beta_clean)
     assert 0.2 < beta_clean < 5.0
+
+
+def test_no_limit_is_below_one_scale_even_when_every_deviation_in_the_window_is_equal():
+    """A window of repeated readings (a small legacy database) has q = beta = 0: without the floor, its
+    limits were 0 and every deviation, however small, passed them."""
+    hours = np.arange(24 * 30, dtype=float) * 3600.0
+    entity = np.repeat(np.arange(3), hours.size)
+    ts = np.tile(hours, 3)
+    values = np.tile(np.where(np.arange(hours.size) % 2 == 0, 10.0, 11.0), 3)  # two values, alternating
+    model = D.train(entity, ts, values)
+    assert model is not None
+    for name in ("dev_pos", "dev_neg", "shift_pos", "shift_neg"):
+        assert np.all(model.calibration[name] >= 1.0), (name, model.calibration[name])  # one scale at least
+        assert model.metric[name] >= 1.0, name

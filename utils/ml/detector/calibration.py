@@ -10,6 +10,7 @@ import numpy as np
 from utils.ml.detector import causal
 
 COMMON_DRIFT_SHARE = 0.15
+MIN_LIMIT = 1.0  # scales: a deviation within one robust scale of the baseline is never an alert
 SPACING, SPACING_BELOW, SPACING_K = True, 5.0, 5.0
 
 
@@ -48,7 +49,11 @@ def _limits(x: np.ndarray, index: np.ndarray, size: int, n: np.ndarray, w: np.nd
     # Few exceedances (a daily count has about one in 60 days) make the tail scale uncertain: widen it.
     beta_e = beta_e * (1 + 1 / np.maximum(n * c, 1.0))
     # Each side gets half the budget: tail probability alpha / 2 = c * exp(-(D - q) / beta).
-    return q_e + beta_e * np.log(np.maximum(2 * c / alpha, 1.0)), m_q + m_beta * float(np.log(max(2 * c / m_alpha, 1.0)))
+    # Never below MIN_LIMIT scales: a window whose deviations are all equal (a small legacy
+    # database, an entity at its most common value) has q = beta = 0, and a limit of 0 would
+    # make every deviation an alert.
+    return (np.maximum(q_e + beta_e * np.log(np.maximum(2 * c / alpha, 1.0)), MIN_LIMIT),
+            max(m_q + m_beta * float(np.log(max(2 * c / m_alpha, 1.0))), MIN_LIMIT))
 
 
 def _common_drift(stats: causal.EntityStats, now: float) -> dict[str, float]:
