@@ -252,7 +252,7 @@ class TrainedDetector:
         if "shift_long_pos" in cal:  # models saved before the long shift have no limits for it
             long_limit = LONG_MARGIN * np.where(f.shift_long >= 0, cal["shift_long_pos"], cal["shift_long_neg"])
             long = LONG_ALERTS & f.ready & (np.abs(f.shift_long) > long_limit) & (f.shift_long != 0)
-            long_ratio = np.zeros(targets.size)  # the limit is 0 where the entity has no long shift (never fires)
+            long_ratio = np.zeros(targets.size)  # an entity without a long shift has shift_long 0: it never fires
             long_ratio[long] = np.abs(f.shift_long[long]) / long_limit[long]
             shift_ratio = np.maximum(shift_ratio, long_ratio)
             shift = shift | long  # one channel for the operator: the level moved

@@ -27,7 +27,8 @@ pool: a row's score depends only on its own entity's rows, so the parts give
 exactly the whole batch's scores, and the detector's numpy and forest work
 runs mostly without the GIL, so the parts use both cores.  If a part fails,
 the whole batch is scored again through the chain, which steps down and says
-why as it always does.  Measured in memory on an otherwise idle machine
+why as it always does, and the rest of the scan scores whole batches (one
+warning, not one per batch).  Measured in memory on an otherwise idle machine
 (batches of 20,000 rows of 1,000 entities with their history): two threads
 score at 1.3-1.6x one thread's rate; while the other core is busy with
 other work they gain nothing (a batch took 200 ms against 131 ms on one
@@ -36,6 +37,7 @@ thread), so ``ML_SCAN_SCORE_THREADS=1`` suits a host whose cores are taken.
 from __future__ import annotations
 
 import contextvars
+import logging
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +50,8 @@ from utils.extensions import db
 from utils.ml.pipeline.batch import READ_TIMEOUT_MS, BatchReader, ObservationBatch, put_polling, take_polling
 from utils.ml.pipeline.history import History, HistoryCache, entity_codes
 from utils.ml.pipeline.scoring import Scores, is_causal_model, score_causal
+
+logger = logging.getLogger(__name__)
 
 # Smaller batches are scored whole: splitting costs more than it saves.
 MIN_SPLIT_ROWS = 2000
@@ -144,6 +148,11 @@ class BatchScorer:
             futures = [self._pool.submit(score_causal, model, part, h) for _rows, part, h in parts[1:]]
             results = [score_causal(model, parts[0][1], parts[0][2])] + [f.result() for f in futures]
         except Exception:  # the chain scores the batch again, steps down and records why
+            # Once per scan: later batches are scored whole, so a failure is neither logged nor paid twice.
+            logger.warning("scan of %s: scoring in parts failed; scoring whole batches from here", self.metric_type,
+                           exc_info=True)
+            self._pool.shutdown(wait=False)
+            self._pool = None
             return self.chain.score(batch)
         merged = Scores(np.empty(len(batch)), np.empty(len(batch), dtype=bool), np.empty(len(batch)),
                         np.empty(len(batch)), [None] * len(batch))
