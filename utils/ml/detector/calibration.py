@@ -12,6 +12,7 @@ from utils.ml.detector import causal
 COMMON_DRIFT_SHARE = 0.15
 MIN_LIMIT = 1.0  # scales: a deviation within one robust scale of the baseline is never an alert
 SPACING, SPACING_BELOW, SPACING_K = True, 5.0, 5.0
+SHAPED = True
 
 
 def _per_entity(index: np.ndarray, size: int, values: np.ndarray, fn) -> tuple[np.ndarray, np.ndarray]:
@@ -54,6 +55,59 @@ def _limits(x: np.ndarray, index: np.ndarray, size: int, n: np.ndarray, w: np.nd
     # make every deviation an alert.
     return (np.maximum(q_e + beta_e * np.log(np.maximum(2 * c / alpha, 1.0)), MIN_LIMIT),
             max(m_q + m_beta * float(np.log(max(2 * c / m_alpha, 1.0))), MIN_LIMIT))
+
+
+def tail_power(x: np.ndarray, c: float, k: float = 5.0, most: float = 1.5) -> float:
+    """The power ``g`` in [1, ``most``] that makes the upper tail of ``x ** g`` (x > 0) exponential.
+
+    An exponential tail has ``(q(1 - c/2) - q(1 - c)) / (q(1 - c) - q(1 - k c)) = ln 2 / ln k``;
+    a Gaussian deviation's tail is lighter (0.36 at g = 1), its square's
+    about exponential.  ``g`` is where the spacing ratio of ``x ** g`` meets
+    ln 2 / ln k (1 where the tail is already that heavy: the window's own
+    anomalies push it that way, never toward a lower limit).
+    """
+    levels = np.array([1 - k * c, 1 - c, 1 - c / 2])
+    q = np.quantile(x, levels) if x.size else np.zeros(3)
+    if x.size * c / 2 < 20 or q[0] <= 0:
+        return 1.0
+    target = np.log(2) / np.log(k)
+
+    def ratio(g: float) -> float:
+        p = q ** g
+        return float((p[2] - p[1]) / max(p[1] - p[0], 1e-12))
+
+    lo, hi = 1.0, most
+    if ratio(lo) >= target:
+        return 1.0
+    if ratio(hi) <= target:
+        return most
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if ratio(mid) < target else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def _shaped_limits(x: np.ndarray, index: np.ndarray, size: int, n: np.ndarray, w: np.ndarray, c: float,
+                   alpha: np.ndarray, m_alpha: float) -> tuple[np.ndarray, float]:
+    """:func:`_limits` of ``x ** g`` with the metric's :func:`tail_power` ``g``, taken back to ``x``."""
+    g = tail_power(x, c) if SHAPED else 1.0
+    t = np.sign(x) * np.abs(x) ** g
+    e_lim, m_lim = _limits(t, index, size, n, w, c, alpha, m_alpha)
+    return np.maximum(e_lim ** (1 / g), MIN_LIMIT), max(m_lim ** (1 / g), MIN_LIMIT)
+
+
+def _pooled_limits(x: np.ndarray, c: float, alpha: np.ndarray, m_alpha: float) -> tuple[np.ndarray, float]:
+    """Limits of a feature from the metric's pooled tail only: (per entity by its ``alpha``, metric).
+
+    For a surprise (``-ln p`` under a model of the entity) every entity's
+    tail has the same shape, so the metric's many rows estimate it where an
+    entity's 60 days could not.
+    """
+    if x.size == 0:
+        return np.full(alpha.size, np.inf), float("inf")
+    q, beta = _tail(x, c)
+    return (np.maximum(q + beta * np.log(np.maximum(2 * c / alpha, 1.0)), MIN_LIMIT),
+            max(q + beta * float(np.log(max(2 * c / m_alpha, 1.0))), MIN_LIMIT))
 
 
 def _common_drift(stats: causal.EntityStats, now: float) -> dict[str, float]:

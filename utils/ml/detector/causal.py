@@ -67,6 +67,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+from scipy.stats import nbinom
 
 from utils.ml.detector.state import (  # noqa: F401  (re-exported: the detector and tests use causal.*)
     DAILY_MIN_DAYS, DAY, DRIFT_DAYS, HOUR, LEVEL_MAX, LEVEL_MIN, NO_STATE, WEEKLY_MIN_DAYS, EntityStats, fit_stats,
@@ -82,6 +83,9 @@ RUN = 3  # rows whose median the shift feature compares with the level before th
 RUN_LONG, LONG_MIN_RATE = 6, 6.0
 COMMON_SHARE = 0.1  # a value the entity takes this often (an empty room's 0) is never a deviation
 SCALE_MIN = 10  # fewer causal residuals than this in the window: the scale comes from the values (fit_scale)
+# Daily counts: the sum of the last w counts (w in COUNT_WINDOWS) against a negative binomial with
+# the mean of the COUNT_LEVEL counts before them (at least COUNT_MIN_LEVEL) and the window's dispersion.
+COUNT_WINDOWS, COUNT_LEVEL, COUNT_MIN_LEVEL = (1, 3), 14, 7
 STUCK_MIN_RUN = 2  # a stuck value repeats at least twice (three equal readings): one repeat is chance
 
 
@@ -98,6 +102,8 @@ class Features:
     common: np.ndarray  # the value is the entity's most common one (>= COMMON_SHARE of its window)
     shift: np.ndarray = None  # type: ignore[assignment]  # the last RUN rows' median against the level before them
     shift_long: np.ndarray = None  # type: ignore[assignment]  # the same over RUN_LONG rows (frequent entities)
+    count: np.ndarray = None  # type: ignore[assignment]  # daily counts: -log P(sum of the last w counts this high)
+    count_w: np.ndarray = None  # type: ignore[assignment]  # the w of ``count`` (0: not a count)
 
     def deviation(self) -> np.ndarray:
         """One signed deviation: ``r`` and ``r_local`` must agree, and the smaller one counts.
@@ -215,7 +221,44 @@ def compute(stats: EntityStats, entity: np.ndarray, ts: np.ndarray, value: np.nd
     frequent = known & ((stats.rate[index] if stats.ids.size else np.zeros(t_sorted.size)) >= LONG_MIN_RATE)
     shift_long = np.where(frequent & ready & (n_prior >= MIN_PRIOR + RUN_LONG - 1) & np.isfinite(shift_long)
                           & (np.sign(shift_long) == np.sign(r)), shift_long, 0.0)
-    return Features(r, r_local, stuck, drift, expected, scale, ready, known, common, shift, shift_long)
+    k = stats.count_dispersion()[index] if stats.ids.size else np.zeros(t_sorted.size)
+    v_prev = np.where(valid, v_sorted[prev], np.nan)
+    count, count_w = count_surprise(v_sorted[t_sorted], v_prev, np.where(known & ready, k, 0.0))
+    return Features(r, r_local, stuck, drift, expected, scale, ready, known, common, shift, shift_long, count, count_w)
+
+
+def count_surprise(x: np.ndarray, v_prev: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """-ln P(a sum of the last w counts at least this high), the largest over ``COUNT_WINDOWS``; and its w.
+
+    ``x``: the row's count; ``v_prev``: its previous counts, newest first (NaN
+    where there are none); ``k``: the entity's dispersion (0: not a count, the
+    result is 0).  The sum of the row and the previous ``w - 1`` counts is
+    judged against a negative binomial with ``w`` times the mean of the
+    ``COUNT_LEVEL`` counts before them (at least 1 / (n + 1): a run of empty
+    days does not make one item impossible) and dispersion ``w k``.  Under the
+    model ``-ln p`` has an exponential tail, so the detector calibrates it as
+    it does the deviation.
+    """
+    out, which = np.zeros(x.size), np.zeros(x.size, dtype=np.int64)
+    rows = np.flatnonzero(k > 0)
+    if rows.size == 0:
+        return out, which
+    for w in COUNT_WINDOWS:
+        recent = v_prev[rows, :w - 1]
+        base = v_prev[rows, w - 1:w - 1 + COUNT_LEVEL]
+        n = np.sum(~np.isnan(base), axis=1)
+        busy = np.sum(base > 0, axis=1)  # NaN compares False
+        ok = (n >= COUNT_MIN_LEVEL) & (busy >= 3) & ~np.any(np.isnan(recent), axis=1)
+        if not ok.any():
+            continue
+        total = x[rows] + np.nansum(recent, axis=1)
+        mu = np.nansum(base, axis=1) / np.maximum(busy, 1) * w
+        kk = w * k[rows]
+        p = nbinom.sf(total - 1, kk, kk / (kk + mu))
+        s = np.where(ok, -np.log(np.clip(p, 1e-300, 1.0)), 0.0)
+        better = s > out[rows]
+        out[rows[better]], which[rows[better]] = s[better], w
+    return out, which
 
 
 def _run_shift(y: np.ndarray, y_prev: np.ndarray, m: np.ndarray, scale: np.ndarray, run: int) -> np.ndarray:

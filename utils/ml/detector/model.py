@@ -95,7 +95,7 @@ import numpy as np
 from sklearn.ensemble import IsolationForest
 
 from utils.ml.detector import causal
-from utils.ml.detector.calibration import _common_drift, _limits, _per_entity
+from utils.ml.detector.calibration import _common_drift, _limits, _per_entity, _shaped_limits
 
 FEATURE_VERSION = 2
 SEVERITIES = ("low", "medium", "high", "critical")
@@ -119,6 +119,7 @@ SHIFT_ALERTS = True
 SHIFT_MARGIN = 1.25
 LONG_MARGIN = 1.25
 LONG_ALERTS = True
+COUNT_ALERTS, COUNT_MARGIN = True, 1.0
 YOUNG_SCALE = True
 DRIFT_ALERTS = False  # measured (3 seeds): the drift channel raised 23 incidents, 1 true; drifts are found otherwise
 
@@ -240,6 +241,8 @@ class TrainedDetector:
         stuck_limit = -np.log(STUCK_MARGIN * cal["alpha"])
         dev_limit = np.where(up, cal["dev_pos"], cal["dev_neg"])
         deviation = f.ready & (score >= threshold - 1e-9) & (np.abs(d) > dev_limit)
+        if COUNT_ALERTS and "count" in cal:  # a daily count's single days are judged by the count channel
+            deviation &= f.count_w == 0
         stuck = f.ready & (f.stuck > stuck_limit)
         common = np.where(f.drift > 0, self.metric.get("drift_off_pos", 0.0), self.metric.get("drift_off_neg", 0.0))
         drift = DRIFT_ALERTS & f.ready & f.known & (np.abs(f.drift) > cal["drift"]) & (common == 0)
@@ -256,8 +259,16 @@ class TrainedDetector:
             long_ratio[long] = np.abs(f.shift_long[long]) / long_limit[long]
             shift_ratio = np.maximum(shift_ratio, long_ratio)
             shift = shift | long  # one channel for the operator: the level moved
+        count_limit = COUNT_MARGIN * cal["count"] if "count" in cal else np.full(targets.size, np.inf)
+        count = COUNT_ALERTS & f.ready & (f.count > count_limit)
+        count_ratio = np.where(count, f.count / count_limit, 0.0)
+        # One channel for the operator: one high count is a deviation, a high sum of days a shift.
+        deviation = deviation | (count & (f.count_w == 1))
+        shift = shift | (count & (f.count_w > 1))
+        shift_ratio = np.maximum(shift_ratio, np.where(count & (f.count_w > 1), count_ratio, 0.0))
         flags = deviation | stuck | drift | shift
-        level = np.where(deviation, np.searchsorted(_RATIOS, np.abs(d) / dev_limit, "right"), -1)
+        dev_ratio = np.maximum(np.abs(d) / dev_limit, np.where(count & (f.count_w == 1), count_ratio, 0.0))
+        level = np.where(deviation, np.searchsorted(_RATIOS, dev_ratio, "right"), -1)
         level = np.maximum(level, np.where(shift, np.searchsorted(_RATIOS, shift_ratio, "right"), -1))
         level = np.maximum(level, np.where(stuck, np.searchsorted(_NATS, f.stuck - stuck_limit, "right"), -1))
         level = np.maximum(level, np.where(drift, np.searchsorted(_RATIOS, np.abs(f.drift) / cal["drift"], "right"),
@@ -374,7 +385,8 @@ def train(entity: Any, ts: Any, value: Any, settings: DetectorSettings = Detecto
     metric: dict[str, float] = {"alpha": m_alpha, "drift": max(DRIFT_FACTOR * m_drift, DRIFT_FLOOR)}
     dev = f.deviation()[usable]
     for side, sign in (("pos", 1.0), ("neg", -1.0)):
-        calibration["dev_" + side], metric["dev_" + side] = _limits(sign * dev, index, size, n, w, c, alpha, m_alpha)
+        calibration["dev_" + side], metric["dev_" + side] = _shaped_limits(sign * dev, index, size, n, w, c, alpha,
+                                                                           m_alpha)
         # The deviation limit as a forest score: what the forest gives that deviation.
         envelope = _envelope(forest, sign)  # one forest pass per side serves every entity and the metric
         calibration["thr_" + side] = _score_threshold(forest, calibration["dev_" + side], sign, envelope)
@@ -386,6 +398,7 @@ def train(entity: Any, ts: Any, value: Any, settings: DetectorSettings = Detecto
     long = f.shift_long[usable]
     for side, sign in (("pos", 1.0), ("neg", -1.0)):
         calibration["shift_long_" + side], metric["shift_long_" + side] = _limits(sign * long, index, size, n, w, c, alpha, m_alpha)
+    calibration["count"], metric["count"] = _limits(f.count[usable], index, size, n, w, c, alpha, m_alpha)
     metric.update(_common_drift(stats, now if now is not None else float(t.max())))
     return TrainedDetector(stats.tail(causal.DRIFT_DAYS), forest, calibration, metric, settings,
                            float(now if now is not None else t.max()), int(X.shape[0]))
