@@ -23,7 +23,10 @@ Per entity, learnt from the training window (:func:`fit_stats` and
   training does), not the resolution floor: measured, a new wing's rooms
   with ten counts 0-38 and the half-item floor as their scale raised most
   of the daily consumption's false incidents;
-* **level window** ``m`` = observations per active day, clipped to [5, 24];
+* **level window** ``m`` = observations per active day, clipped to [9, 24]
+  (at least 9: with 5, a daily entity's three spike days were the median of
+  its level and the next normal day a "dip", a third of the daily room
+  consumption's false alerts);
 * **repeat costs** = -log(share of consecutive equal values), after the
   entity's most common value (an empty room's 0) and after any other value;
   that value and its share;
@@ -47,6 +50,12 @@ Per observation, from the entity's previous ``HISTORY`` (= 48) observations
   ``r``'s and the row has ``MIN_PRIOR + RUN - 1`` previous observations;
   ``shift_long`` the same over ``RUN_LONG`` rows, for entities observed at
   least ``LONG_MIN_RATE`` times a day (0 for the others);
+* ``count`` (daily counts only, see :func:`state.count_dispersion`): the
+  largest over w = 1 and 3 of ``-ln P(sum of the row and its previous
+  w - 1 counts >= what was seen)`` under a negative binomial with w x the
+  mean of the busy (non-zero) days among the ``COUNT_LEVEL`` (14) counts
+  before them and dispersion w x the entity's ``k``
+  (:func:`count_surprise`); ``count_w`` is that w;
 * ``drift``: weekly slope when the last ~day's level, last week's median and
   the week before's all move the same way (the smaller of the two steps, in
   scales per week; 0 when they disagree, as after a one-off level shift, and

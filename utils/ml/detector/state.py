@@ -13,11 +13,11 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 DAY, HOUR = 86400.0, 3600.0
 NO_STATE = np.iinfo(np.int64).min  # the id of the placeholder row of a model-less state
-LEVEL_MIN, LEVEL_MAX = 9, 24
+LEVEL_MIN, LEVEL_MAX = 9, 24  # observations in the level median (see causal's module docstring)
 WEEKLY_MIN_DAYS = 21.0
 DAILY_MIN_DAYS = 3.0
 DRIFT_DAYS = 21
-COUNT_MAX_RATE, COUNT_K_MAX, COUNT_MIN_POSITIVE = 2.0, 1000.0, 5
+COUNT_MAX_RATE, COUNT_K_MAX, COUNT_MIN_POSITIVE, COUNT_TRIM = 2.0, 1000.0, 5, 0.05
 _MAD, _MEANAD = 1.4826, 1.2533
 
 
@@ -207,6 +207,9 @@ def count_dispersion(v: np.ndarray, rate: float) -> float:
     positive = v[v > 0]
     if positive.size < COUNT_MIN_POSITIVE:
         return 0.0
+    # The top COUNT_TRIM of the window's busy days left out: one of the window's own spikes would
+    # otherwise set the dispersion and blind the entity for the 60 days it stays in the window.
+    positive = np.sort(positive)[:positive.size - max(1, int(COUNT_TRIM * positive.size))]
     mean, var = float(np.mean(positive)), float(np.var(positive, ddof=1))
     return float(min(mean * mean / (var - mean), COUNT_K_MAX)) if var > mean * (1 + 1e-3) else COUNT_K_MAX
 
