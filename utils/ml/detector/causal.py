@@ -92,8 +92,8 @@ RUN = 3  # rows whose median the shift feature compares with the level before th
 RUN_LONG, LONG_MIN_RATE = 6, 6.0
 COMMON_SHARE = 0.1  # a value the entity takes this often (an empty room's 0) is never a deviation
 SCALE_MIN = 10  # fewer causal residuals than this in the window: the scale comes from the values (fit_scale)
-# Daily counts: the sum of the last w counts (w in COUNT_WINDOWS) against a negative binomial with
-# the mean of the COUNT_LEVEL counts before them (at least COUNT_MIN_LEVEL) and the window's dispersion.
+# Daily counts: the sum of the last w counts (w in COUNT_WINDOWS) against a negative binomial with the
+# mean of the busy days among the COUNT_LEVEL counts before them (at least COUNT_MIN_LEVEL counts).
 COUNT_WINDOWS, COUNT_LEVEL, COUNT_MIN_LEVEL = (1, 3), 14, 7
 STUCK_MIN_RUN = 2  # a stuck value repeats at least twice (three equal readings): one repeat is chance
 
@@ -242,11 +242,12 @@ def count_surprise(x: np.ndarray, v_prev: np.ndarray, k: np.ndarray) -> tuple[np
     ``x``: the row's count; ``v_prev``: its previous counts, newest first (NaN
     where there are none); ``k``: the entity's dispersion (0: not a count, the
     result is 0).  The sum of the row and the previous ``w - 1`` counts is
-    judged against a negative binomial with ``w`` times the mean of the
-    ``COUNT_LEVEL`` counts before them (at least 1 / (n + 1): a run of empty
-    days does not make one item impossible) and dispersion ``w k``.  Under the
-    model ``-ln p`` has an exponential tail, so the detector calibrates it as
-    it does the deviation.
+    judged against a negative binomial with ``w`` times the mean of the busy
+    (non-zero) days among the ``COUNT_LEVEL`` counts before them and
+    dispersion ``w k``; 0 with fewer than ``COUNT_MIN_LEVEL`` counts or 3
+    busy days there (an empty room's zeros say nothing of how much a guest
+    takes).  Under the model ``-ln p`` has an exponential tail, so the
+    detector calibrates it as it does the deviation.
     """
     out, which = np.zeros(x.size), np.zeros(x.size, dtype=np.int64)
     rows = np.flatnonzero(k > 0)

@@ -197,10 +197,11 @@ def count_dispersion(v: np.ndarray, rate: float) -> float:
     """The negative-binomial dispersion ``k`` of a daily count's window values, or 0 if it is not one.
 
     A daily count: whole numbers >= 0 with at least one 0, at most ``COUNT_MAX_RATE``
-    observations per active day (items consumed in a room since the last count).  ``k``
-    by moments, var = mean + mean^2 / k, at most ``COUNT_K_MAX`` (Poisson-like); the
-    window's own anomalies and vacant days only widen the variance, so lower ``k``
-    (heavier tails, fewer alerts).
+    observations per active day (items consumed in a room since the last count), and at
+    least ``COUNT_MIN_POSITIVE`` busy (non-zero) days.  ``k`` by moments of the busy
+    days, var = mean + mean^2 / k, at most ``COUNT_K_MAX`` (Poisson-like), without the
+    top ``COUNT_TRIM`` of them.  Vacant days are left out: they say whether a guest
+    was there, not how much one takes (the channel's mean is of busy days too).
     """
     if rate > COUNT_MAX_RATE or v.size < 3 or np.any(v < 0) or np.any(v != np.round(v)) or not np.any(v == 0):
         return 0.0
