@@ -193,8 +193,9 @@ def test_stop_and_interrupt_end_the_reader_promptly(pg_app_ctx):
     stop.set()  # e.g. the job was told to stop: the thread leaves at its next look
     thread.join(2.0)
     assert not thread.is_alive() and time.monotonic() - started < 1.0
-    with pytest.raises(ReadStopped):
+    with pytest.raises(ReadStopped, match="reading stok_seviye stopped") as stopped:
         reader.fetch(PAGE)
+    assert stopped.value.metric_type == "stok_seviye"
     reader.close()
 
     # An interrupt while scoring: leaving the block ends the thread before the exception goes on.

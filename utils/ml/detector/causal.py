@@ -230,9 +230,12 @@ def compute(stats: EntityStats, entity: np.ndarray, ts: np.ndarray, value: np.nd
     frequent = known & ((stats.rate[index] if stats.ids.size else np.zeros(t_sorted.size)) >= LONG_MIN_RATE)
     shift_long = np.where(frequent & ready & (n_prior >= MIN_PRIOR + RUN_LONG - 1) & np.isfinite(shift_long)
                           & (np.sign(shift_long) == np.sign(r)), shift_long, 0.0)
+    count, count_w = np.zeros(t_sorted.size), np.zeros(t_sorted.size, dtype=np.int64)
     k = stats.count_dispersion()[index] if stats.ids.size else np.zeros(t_sorted.size)
-    v_prev = np.where(valid, v_sorted[prev], np.nan)
-    count, count_w = count_surprise(v_sorted[t_sorted], v_prev, np.where(known & ready, k, 0.0))
+    counts = np.flatnonzero(known & ready & (k > 0))
+    if counts.size:  # the previous values matrix only for daily counts' rows: a scan's hot path
+        v_prev = np.where(valid[counts], v_sorted[prev[counts]], np.nan)
+        count[counts], count_w[counts] = count_surprise(v_sorted[t_sorted[counts]], v_prev, k[counts])
     return Features(r, r_local, stuck, drift, expected, scale, ready, known, common, shift, shift_long, count, count_w)
 
 

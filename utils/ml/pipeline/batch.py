@@ -258,20 +258,15 @@ class BatchReader:
 
     def close(self) -> None:
         """Stop the reading thread (if any) and wait for it to let go of its connection."""
-        self._halt.set()
         thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(READ_TIMEOUT_MS / 1000)
+        stop_producer(self._halt, thread)
 
     def _start(self, after: int) -> None:
         self.close()
         self._halt = threading.Event()
         self._queue = queue.Queue(maxsize=self.read_ahead)
-        # In a copy of the caller's context: the job's database bounds (utils.db_bounds) hold on the thread.
-        context = contextvars.copy_context()
-        self._thread = threading.Thread(target=context.run, args=(self._produce, after, self._queue, self._halt),
-                                        name=f"scan-reader-{self.metric_type}", daemon=True)
-        self._thread.start()
+        self._thread = start_producer(self._produce, (after, self._queue, self._halt),
+                                      f"scan-reader-{self.metric_type}")
 
     def _take(self) -> tuple[int, Any]:
         return take_polling(self._queue, self._thread, self.stop, f"scan reader of {self.metric_type}",
@@ -303,6 +298,10 @@ class BatchReader:
 class ReadStopped(Exception):
     """The scan's stop event was set while it read."""
 
+    def __init__(self, metric_type: str) -> None:
+        super().__init__(f"reading {metric_type} stopped")
+        self.metric_type = metric_type
+
 
 def take_polling(items: "queue.Queue[Any]", thread: Optional[threading.Thread], stop: threading.Event,
                  producer: str, metric_type: str) -> Any:
@@ -333,6 +332,20 @@ def put_polling(items: "queue.Queue[Any]", item: Any, *stops: threading.Event) -
             continue
     return False
 
-    def __init__(self, metric_type: str) -> None:
-        super().__init__(f"reading {metric_type} stopped")
-        self.metric_type = metric_type
+
+def start_producer(target: Any, args: tuple[Any, ...], name: str) -> threading.Thread:
+    """Start ``target(*args)`` on a daemon thread in a copy of the caller's context.
+
+    The copy carries the job's database bounds (``utils.db_bounds``) onto the thread.
+    """
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(target, *args), name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def stop_producer(halt: threading.Event, thread: Optional[threading.Thread]) -> None:
+    """Tell a producer thread to stop and wait for it, at most ``READ_TIMEOUT_MS``."""
+    halt.set()
+    if thread is not None:
+        thread.join(READ_TIMEOUT_MS / 1000)

@@ -36,7 +36,6 @@ thread), so ``ML_SCAN_SCORE_THREADS=1`` suits a host whose cores are taken.
 """
 from __future__ import annotations
 
-import contextvars
 import logging
 import queue
 import threading
@@ -47,7 +46,8 @@ from typing import Any, Optional
 import numpy as np
 
 from utils.extensions import db
-from utils.ml.pipeline.batch import READ_TIMEOUT_MS, BatchReader, ObservationBatch, put_polling, take_polling
+from utils.ml.pipeline.batch import BatchReader, ObservationBatch, put_polling, start_producer, stop_producer, \
+    take_polling
 from utils.ml.pipeline.history import History, HistoryCache, entity_codes
 from utils.ml.pipeline.scoring import Scores, is_causal_model, score_causal
 
@@ -188,10 +188,8 @@ class BatchScorer:
             self._pool = None
 
     def _stop_thread(self) -> None:
-        self._halt.set()
         thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(READ_TIMEOUT_MS / 1000)
+        stop_producer(self._halt, thread)
 
     def _start(self, after: int) -> None:
         self._stop_thread()
@@ -201,11 +199,8 @@ class BatchScorer:
             self.history = HistoryCache(db.session, self.metric_type)
         self._halt = threading.Event()
         self._queue = queue.Queue(maxsize=self.ahead)
-        # In a copy of the caller's context: the job's database bounds (utils.db_bounds) hold on the thread.
-        context = contextvars.copy_context()
-        self._thread = threading.Thread(target=context.run, args=(self._produce, after, self._queue, self._halt),
-                                        name=f"scan-scorer-{self.metric_type}", daemon=True)
-        self._thread.start()
+        self._thread = start_producer(self._produce, (after, self._queue, self._halt),
+                                      f"scan-scorer-{self.metric_type}")
 
     def _take(self) -> Any:
         return take_polling(self._queue, self._thread, self.reader.stop, f"scan scorer of {self.metric_type}",
