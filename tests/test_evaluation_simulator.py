@@ -141,3 +141,27 @@ def test_bad_csv_names_line_and_column(tmp_path, line, message):
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="rooms"):
         simulate(HotelConfig(rooms=0))
+
+
+def test_stock_does_not_move_at_midnight(clean_hotel):
+    """Stock is drawn from 09:00 to 18:00 and restocked at 02:00: between 23:00 and 01:00 nothing moves it.
+
+    Into a holiday the night before keeps the previous day's depletion; the holiday's
+    deeper draw shows in the afternoon.  (The simulator once applied the new day's demand
+    from midnight: every product dropped about 6 % at 00:00 into a holiday.)
+    """
+    s, t0 = clean_hotel.series[STOK_SEVIYE], clean_hotel.meta["t0"]
+    holidays = set(clean_hotel.meta["holidays"])
+    first = [d for d in sorted(holidays) if d - 1 not in holidays]
+    assert first
+
+    def at(day, hour):
+        m = s.ts == t0 + day * DAY + hour * HOUR
+        return dict(zip(s.entity[m].tolist(), s.value[m].tolist()))
+
+    for d in first:
+        evening, night, afternoon, before = at(d - 1, 23), at(d, 1), at(d, 17), at(d - 1, 17)
+        common = [e for e in evening if e in night and evening[e] > 50]
+        assert abs(np.median([np.log(night[e] / evening[e]) for e in common])) < 0.01, d
+        drawn = [e for e in afternoon if e in before and before[e] > 50]
+        assert np.median([np.log(afternoon[e] / before[e]) for e in drawn]) < -0.02, d  # deeper on the holiday

@@ -8,7 +8,8 @@ of four metric types (times are UTC and stand for the hotel's local time):
   product in twenty is kept in kilograms/litres between 0.3 and 0.9 (two
   decimals): entities four to five orders of magnitude apart.  Stock is
   restocked at 02:00 and drawn down from 09:00 to 18:00 by the refill rounds,
-  deeper on busy (weekend, holiday) days.  Normal noise of 1.5-5 %.
+  deeper on busy (weekend, holiday) days; the night keeps the day's depth
+  until the restock, past midnight.  Normal noise of 1.5-5 %.
 * ``tuketim_miktar`` — items consumed in a room during the last 24 h, counted
   by housekeeping around 11:00 (irregular, +-45 min).  Standard rooms, deluxe
   rooms and suites; empty rooms consume nothing, so most values are 0-3.
@@ -142,7 +143,10 @@ def _stock(cfg: HotelConfig, cal: Calendar, rng: np.random.Generator) -> Generat
         h, d = hours[keep], day[keep]
         t_days = h / 24.0
         policy = 1 + (policy_factor - 1) * _ramp(t_days, policy_day, 3.0) if policy_group[e] else 1.0
-        mu = level[e] * (1 + trend[e] * t_days / cfg.days) * policy * (1 - depletion[e] * shape[h % 24] * demand[d])
+        # Until the 02:00 restock the shelf still shows the previous day's draw: that day's demand.
+        drawn_on = np.where(h % 24 < 2, np.maximum(d - 1, 0), d)
+        drawn = depletion[e] * shape[h % 24] * demand[drawn_on]
+        mu = level[e] * (1 + trend[e] * t_days / cfg.days) * policy * (1 - drawn)
         entities.append(np.full(h.size, e + 1))
         stamps.append(cal.t0 + h * HOUR)
         mus.append(mu)
