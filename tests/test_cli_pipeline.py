@@ -4,8 +4,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from sqlalchemy import text
 
+from tests import dbutil
 from tests.pipeline_helpers import count
+from utils.extensions import db
 from utils.models import MLAlert, MLMetric, MLModel
 
 SMALL = ["--rooms", "20", "--products", "6", "--attendants", "3", "--days", "20"]
@@ -99,3 +102,26 @@ def test_demo_data_if_empty_adds_nothing_the_second_time(runner, app):
     assert second.exit_code == 0 and "no demo data added" in second.output
     with app.app_context():
         assert count(MLMetric) == before
+
+
+def test_demo_data_is_batch_work_not_a_request(pg_template, models_dir):
+    """A bulk load runs with the jobs' database bounds: requests' 0.1 s would cancel its COPY.
+
+    Measured on 2026-11-30: ``python -m bench`` failed with "canceling statement due
+    to statement timeout" when one 100,000-row COPY of the demo hotel outlasted the
+    requests' 3 s on a slower machine.
+    """
+    name = dbutil.create_pg_database(template=pg_template)
+    app = dbutil.make_app(dbutil.pg_url(name), models_dir, ML_DB_STATEMENT_TIMEOUT_SECONDS=0.1)
+    try:
+        result = app.test_cli_runner().invoke(args=["ml", "demo-data", "--rooms", "120", "--products", "40",
+                                                    "--attendants", "8", "--days", "120", "--seed", "3"])
+        assert result.exit_code == 0, result.output
+        with app.app_context():
+            observations = count(MLMetric)
+        assert observations > 25_000 and f"Inserted {observations} observations" in result.output
+        with app.app_context():  # requests keep their own, short bound
+            assert db.session.execute(text("SHOW statement_timeout")).scalar_one() == "100ms"
+    finally:
+        dbutil.dispose(app)
+        dbutil.drop_pg_database(name)

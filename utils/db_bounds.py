@@ -7,8 +7,8 @@ Three profiles, chosen per thread with :func:`bounds_profile`:
   the server, and the circuit breaker below;
 * ``probe`` (``/ready``): the same server bounds, a ``ML_READY_TIMEOUT_SECONDS``
   deadline;
-* ``job`` (inside a job's body): ``ML_JOB_STATEMENT_TIMEOUT_SECONDS`` and
-  ``ML_JOB_LOCK_TIMEOUT_SECONDS``, no breaker.
+* ``job`` (inside a job's body, and the demo hotel's bulk load):
+  ``ML_JOB_STATEMENT_TIMEOUT_SECONDS`` and ``ML_JOB_LOCK_TIMEOUT_SECONDS``, no breaker.
 
 Why a client-side deadline: ``statement_timeout`` is enforced by the server,
 so it cannot help when the server is *stopped* (SIGSTOP, a hung host): the
@@ -41,6 +41,8 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Optional
+
+from sqlalchemy import text
 
 # The client waits this much longer than the server's own statement bound.
 GRACE_SECONDS = 1.0
@@ -106,6 +108,21 @@ def bounds_profile(name: str) -> Iterator[None]:
         yield
     finally:
         _profile.reset(token)
+
+
+def set_local_bounds(session: Any) -> None:
+    """Give the session's current PostgreSQL transaction this thread's profile's server bounds.
+
+    A connection gets its profile's bounds when it is checked out; one the
+    session already holds keeps them, so a block that switched profiles
+    (:func:`bounds_profile`) calls this at the start of each transaction.
+    ``SET LOCAL`` ends with the transaction.  A no-op elsewhere.
+    """
+    bounds = _bounds.get(_profile.get())
+    if bounds is None or session.get_bind().dialect.name != "postgresql":
+        return
+    session.execute(text(f"SET LOCAL statement_timeout = {int(bounds.statement_ms)}"))
+    session.execute(text(f"SET LOCAL lock_timeout = {int(bounds.lock_ms)}"))
 
 
 # ------------------------------------------------------------------ breaker
