@@ -71,7 +71,6 @@ local time before they get here (the profiles are by hour of day).
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -167,18 +166,14 @@ def compute(stats: EntityStats, entity: np.ndarray, ts: np.ndarray, value: np.nd
     level_cols = y_prev[:, :LEVEL_MAX].copy()
     level_cols[np.arange(LEVEL_MAX)[None, :] >= m[:, None]] = np.nan
     ready = n_prior >= MIN_PRIOR
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # rows without history are all-NaN
-        level = row_median(level_cols)
+    level = row_median(level_cols)  # NaN for a row without history (row_median never warns: see robust_scale)
     x = y_sorted[t_sorted]
     baseline = np.where(ready, level, np.nan) + season[t_sorted]
     scale = np.where(known, stats.scale[index] if stats.ids.size else 1.0, 1.0)
     live = np.flatnonzero(~known)  # entities new since training: a scale from their own previous rows
     if live.size:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            y_live = y_prev[live]
-            live_scale = robust_scale(y_live - row_median(y_live)[:, None], axis=1)
+        y_live = y_prev[live]
+        live_scale = robust_scale(y_live - row_median(y_live)[:, None], axis=1)
         steps = np.diff(np.sort(y_live, axis=1), axis=1)
         distinct_step = np.min(np.where(steps > 0, steps, np.inf), axis=1)  # NaN steps compare False
         floor = np.where(np.isfinite(distinct_step), 0.5 * distinct_step, 1e-6)
@@ -189,9 +184,7 @@ def compute(stats: EntityStats, entity: np.ndarray, ts: np.ndarray, value: np.nd
     # The same deviation after the entity's last LOCAL observations' own deviations (median of
     # 3): what today's level of demand explains (a busier day depletes stock deeper) is removed.
     prev_resid = np.where(valid[:, :LOCAL], y_prev[:, :LOCAL] - level[:, None], np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        local = row_median(prev_resid)
+    local = row_median(prev_resid)
     scale_local = np.where(known, stats.scale_local[index] if stats.ids.size else 1.0, scale)
     scale_local = np.where(np.isfinite(scale_local) & (scale_local > 0), scale_local, 1e-6)
     r_local = np.where(ready, (x - baseline - np.nan_to_num(local)) / scale_local, 0.0)
@@ -279,9 +272,7 @@ def _run_shift(y: np.ndarray, y_prev: np.ndarray, m: np.ndarray, scale: np.ndarr
     last = np.column_stack([y, y_prev[:, :run - 1]])
     before = y_prev[:, run - 1:run - 1 + LEVEL_MAX].copy()
     before[np.arange(LEVEL_MAX)[None, :] >= m[:, None]] = np.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # rows without enough history are all-NaN
-        return (row_median(last) - row_median(before)) / scale
+    return (row_median(last) - row_median(before)) / scale  # NaN without enough history
 
 
 def fit_scale(stats: EntityStats, features: Features, entity: np.ndarray, value: Optional[np.ndarray] = None) -> None:

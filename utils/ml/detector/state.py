@@ -4,7 +4,6 @@ Plain numpy arrays aligned with the sorted entity ids; pickled with the model.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -93,10 +92,24 @@ def row_median(a: np.ndarray) -> np.ndarray:
 
 
 def robust_scale(deviations: np.ndarray, axis: Optional[int] = None) -> np.ndarray:
-    """1.4826 x median |d| (d already centred), else 1.2533 x mean |d|; NaNs ignored."""
-    a = np.abs(deviations)
-    mad = _MAD * (row_median(a) if axis == 1 and a.ndim == 2 else np.nanmedian(a, axis=axis))
-    return np.where(mad > 0, mad, _MEANAD * np.nanmean(a, axis=axis))
+    """1.4826 x median |d| (d already centred), else 1.2533 x mean |d|; NaNs ignored (NaN if all are).
+
+    ``axis``: None (all values) or 1 (each row of a 2-D array).  Never warns:
+    scans score on threads, and silencing numpy's all-NaN warnings with
+    ``warnings.catch_warnings`` swaps the process-wide filters under them.
+    """
+    a = np.abs(np.asarray(deviations, dtype=float))
+    if axis == 1 and a.ndim == 2:
+        count = np.sum(~np.isnan(a), axis=1)
+        mad = _MAD * row_median(a)
+        mean = np.where(count > 0, np.nansum(a, axis=1) / np.maximum(count, 1), np.nan)
+    elif axis is None:
+        seen = a[~np.isnan(a)]
+        mad = _MAD * float(np.median(seen)) if seen.size else np.nan
+        mean = float(np.mean(seen)) if seen.size else np.nan
+    else:
+        raise ValueError(f"axis: must be None or 1 (got {axis!r})")
+    return np.where(mad > 0, mad, _MEANAD * mean)
 
 
 def _group_median(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -118,9 +131,7 @@ def _profile(y: np.ndarray, hod: np.ndarray, dow: np.ndarray, day: np.ndarray,
     days = days[:, 0]
     grid = np.full(days[-1] - days[0] + 7, np.nan)
     grid[days - days[0] + 3] = daily
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # gaps of a week or more are all-NaN
-        trend = np.nanmedian(sliding_window_view(grid, 7), axis=1)  # centred 7-day running median
+    trend = row_median(sliding_window_view(grid, 7))  # centred 7-day running median; NaN across a week's gap
     resid = y - trend[day - days[0]]
     ok = np.isfinite(resid)  # a gap of a week or more has no running median
     resid, hod, dow, day = resid[ok], hod[ok], dow[ok], day[ok]
