@@ -121,13 +121,12 @@ def test_drift_channel_is_off_and_models_without_shift_limits_still_score(base):
 
 
 def test_a_level_shift_below_both_row_limits_is_found_by_the_long_shift(base):
-    """A lasting step of 0.75 deviation limits: no row and no run of three is past its limit, six rows are.
+    """A lasting step of 0.75 deviation limits: no row and no run of three is past its limit, a day's rows are.
 
     The case makes the three-row shift limit unreachable and sets the
-    six-row one to half the deviation limit, to check the long shift itself
-    (median of the last six rows against the level before them, entities
-    seen at least six times a day); a model saved without its limits finds
-    nothing there.
+    long one to half the deviation limit, to check the long shift itself
+    (median of the last twelve rows of this hourly entity against the level
+    before them); a model saved without its limits finds nothing there.
     """
     model, (e, t, v) = copy.deepcopy(base)
     i = np.searchsorted(model.stats.ids, ENT)
@@ -146,3 +145,29 @@ def test_a_level_shift_below_both_row_limits_is_found_by_the_long_shift(base):
                             model.metric, D.DetectorSettings(), model.trained_until, model.samples)
     before, _ = scored(old, e, t, v)
     assert not before.is_anomaly[rows[:first + 1]].any()
+
+
+@pytest.mark.parametrize("per_day, run", [(24, 12), (16, 12), (8, 8), (6, 6), (4, 0)])
+def test_the_long_shift_is_the_median_of_about_a_days_rows(per_day, run):
+    """An entity seen ``per_day`` times a day: its long shift is over ``run`` rows (a day's, at most 12).
+
+    On a ramp (``y`` rising by ``b`` a row, in the model's log space, scale 1)
+    the median of the last ``run`` rows minus the median of the ``m`` before
+    them is ``b (run + m) / 2``; an entity seen fewer than six times a day has
+    none (0).  A model saved before the run was per entity (``long_run`` None)
+    keeps the six rows it was calibrated for.
+    """
+    step, b = DAY / per_day, 0.01
+    calm = np.arange(3 * per_day)  # three whole days (rate per_day), spanning less than a daily profile needs
+    stats = D.causal.fit_stats(np.full(calm.size, 1), T0 + calm * step, np.full(calm.size, 50.0))
+    m = int(stats.level_m[0])
+    ramp = np.arange(60)
+    e, t, v = np.full(ramp.size, 1), T0 + (calm.size + ramp) * step, np.exp(4.0 + b * ramp)
+    last = np.array([ramp.size - 1])
+    got = D.causal.compute(stats, e, t, v, last).shift_long[0]
+    assert int(stats.long_run[0]) == run
+    assert got == pytest.approx(b * (run + m) / 2 if run else 0.0, rel=1e-9)
+    saved = copy.deepcopy(stats)
+    saved.long_run = None
+    old = D.causal.compute(saved, e, t, v, last).shift_long[0]
+    assert old == pytest.approx(b * (6 + m) / 2 if per_day >= 6 else 0.0, rel=1e-9)

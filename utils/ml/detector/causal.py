@@ -72,13 +72,14 @@ local time before they get here (the profiles are by hour of day).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 from scipy.stats import nbinom
 
 from utils.ml.detector.state import (  # noqa: F401  (re-exported: the detector and tests use causal.*)
-    DAILY_MIN_DAYS, DAY, DRIFT_DAYS, HOUR, LEVEL_MAX, LEVEL_MIN, NO_STATE, WEEKLY_MIN_DAYS, EntityStats, fit_stats,
+    DAILY_MIN_DAYS, DAY, DRIFT_DAYS, HOUR, LEVEL_MAX, LEVEL_MIN, LONG_MIN_RATE, LONG_RUN_MAX, NO_STATE,
+    WEEKLY_MIN_DAYS, EntityStats, fit_stats,
     groups, robust_scale, row_median, slots, to_model_space, weekly_medians,
 )
 
@@ -86,9 +87,6 @@ HISTORY = 48
 MIN_PRIOR = 10  # measured: 5 let a new room's 6th count meet a scale from 5 zeros (13 of 58 false incidents)
 LOCAL = 3
 RUN = 3  # rows whose median the shift feature compares with the level before them
-# The long shift: the median of RUN_LONG rows against the level before them, for entities observed at
-# least LONG_MIN_RATE times a day (so RUN_LONG rows fall within a day of a level shift's onset).
-RUN_LONG, LONG_MIN_RATE = 6, 6.0
 COMMON_SHARE = 0.1  # a value the entity takes this often (an empty room's 0) is never a deviation
 SCALE_MIN = 10  # fewer causal residuals than this in the window: the scale comes from the values (fit_scale)
 # Daily counts: the sum of the last w counts (w in COUNT_WINDOWS) against a negative binomial with the
@@ -219,9 +217,9 @@ def compute(stats: EntityStats, entity: np.ndarray, ts: np.ndarray, value: np.nd
     shift = _run_shift(x - season[t_sorted], y_prev, m, scale, RUN)
     shift = np.where(ready & (n_prior >= MIN_PRIOR + RUN - 1) & np.isfinite(shift) & (np.sign(shift) == np.sign(r)),
                      shift, 0.0)
-    shift_long = _run_shift(x - season[t_sorted], y_prev, m, scale, RUN_LONG)
-    frequent = known & ((stats.rate[index] if stats.ids.size else np.zeros(t_sorted.size)) >= LONG_MIN_RATE)
-    shift_long = np.where(frequent & ready & (n_prior >= MIN_PRIOR + RUN_LONG - 1) & np.isfinite(shift_long)
+    run_long = np.where(known, stats.long_runs()[index], 0) if stats.ids.size else np.zeros(t_sorted.size, np.int64)
+    shift_long = _run_shift(x - season[t_sorted], y_prev, m, scale, run_long)
+    shift_long = np.where((run_long > 0) & ready & (n_prior >= MIN_PRIOR + run_long - 1) & np.isfinite(shift_long)
                           & (np.sign(shift_long) == np.sign(r)), shift_long, 0.0)
     count, count_w = np.zeros(t_sorted.size), np.zeros(t_sorted.size, dtype=np.int64)
     k = stats.count_dispersion()[index] if stats.ids.size else np.zeros(t_sorted.size)
@@ -267,11 +265,18 @@ def count_surprise(x: np.ndarray, v_prev: np.ndarray, k: np.ndarray) -> tuple[np
     return out, which
 
 
-def _run_shift(y: np.ndarray, y_prev: np.ndarray, m: np.ndarray, scale: np.ndarray, run: int) -> np.ndarray:
-    """(median of the row and its previous ``run - 1`` values - median of the ``m`` before them) / scale."""
-    last = np.column_stack([y, y_prev[:, :run - 1]])
-    before = y_prev[:, run - 1:run - 1 + LEVEL_MAX].copy()
-    before[np.arange(LEVEL_MAX)[None, :] >= m[:, None]] = np.nan
+def _run_shift(y: np.ndarray, y_prev: np.ndarray, m: np.ndarray, scale: np.ndarray, run: Any) -> np.ndarray:
+    """(median of the row and its previous ``run - 1`` values - median of the ``m`` before them) / scale.
+
+    ``run``: one length for every row, or one per row (0: no run, the result is NaN).
+    """
+    run = np.broadcast_to(np.asarray(run, dtype=np.int64), y.shape)
+    width = max(int(run.max(initial=1)), 1)
+    last = np.column_stack([y, y_prev[:, :width - 1]])
+    last[np.arange(width)[None, :] >= run[:, None]] = np.nan
+    cols = np.maximum(run - 1, 0)[:, None] + np.arange(LEVEL_MAX)[None, :]
+    before = np.take_along_axis(y_prev, np.minimum(cols, y_prev.shape[1] - 1), axis=1)
+    before[(np.arange(LEVEL_MAX)[None, :] >= m[:, None]) | (cols >= y_prev.shape[1])] = np.nan
     return (row_median(last) - row_median(before)) / scale  # NaN without enough history
 
 
