@@ -48,8 +48,10 @@ Per observation, from the entity's previous ``HISTORY`` (= 48) observations
 * ``shift``: (median of this row and the previous ``RUN - 1`` deseasonalised
   values - median of the ``m`` before them) / scale, 0 unless its sign is
   ``r``'s and the row has ``MIN_PRIOR + RUN - 1`` previous observations;
-  ``shift_long`` the same over ``RUN_LONG`` rows, for entities observed at
-  least ``LONG_MIN_RATE`` times a day (0 for the others);
+  ``shift_long`` the same over the entity's ``long_run`` rows (about a
+  day's, at most ``LONG_RUN_MAX`` = 12: :func:`state.long_run`), for
+  entities observed at least ``LONG_MIN_RATE`` (6) times a day (0 for the
+  others; six rows in models saved before the run was per entity);
 * ``count`` (daily counts only, see :func:`state.count_dispersion`): the
   largest over w = 1 and 3 of ``-ln P(sum of the row and its previous
   w - 1 counts >= what was seen)`` under a negative binomial with w x the
@@ -107,7 +109,7 @@ class Features:
     known: np.ndarray  # the entity has state in the model
     common: np.ndarray  # the value is the entity's most common one (>= COMMON_SHARE of its window)
     shift: np.ndarray = None  # type: ignore[assignment]  # the last RUN rows' median against the level before them
-    shift_long: np.ndarray = None  # type: ignore[assignment]  # the same over RUN_LONG rows (frequent entities)
+    shift_long: np.ndarray = None  # type: ignore[assignment]  # the same over the entity's long_run rows
     count: np.ndarray = None  # type: ignore[assignment]  # daily counts: -log P(sum of the last w counts this high)
     count_w: np.ndarray = None  # type: ignore[assignment]  # the w of ``count`` (0: not a count)
 

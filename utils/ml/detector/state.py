@@ -4,7 +4,7 @@ Plain numpy arrays aligned with the sorted entity ids; pickled with the model.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -71,9 +71,7 @@ class EntityStats:
     def tail(self, days: int) -> "EntityStats":
         """The same state keeping only the last ``days`` daily medians (what a saved model needs)."""
         keep = self.daily[:, -days:] if self.daily.shape[1] > days else self.daily
-        return EntityStats(self.ids, self.n, self.rate, self.level_m, self.hod, self.dow, self.profile, self.scale,
-                           self.scale_local, self.resolution, self.repeat_cost, self.mode, self.mode_share, keep, self.day0 + self.daily.shape[1] - keep.shape[1],
-                           self.log_floor, self.count_k, self.long_run)
+        return replace(self, daily=keep, day0=self.day0 + self.daily.shape[1] - keep.shape[1])
 
 
 def to_model_space(value: np.ndarray, log_floor: np.ndarray) -> np.ndarray:
@@ -179,10 +177,12 @@ def fit_stats(entity: np.ndarray, ts: np.ndarray, value: np.ndarray) -> EntitySt
     day0 = int(day.min()) if day.size else 0
     n_days = int(day.max()) - day0 + 1 if day.size else 1
     size = ids.size
-    stats = EntityStats(ids.astype(np.int64), np.zeros(size, dtype=np.int64), np.zeros(size), np.zeros(size, dtype=int),
-                        np.zeros((size, 24)), np.zeros((size, 7)), np.zeros(size, dtype=int), np.ones(size),
-                        np.ones(size), np.zeros(size), np.zeros((size, 2)), np.zeros(size), np.zeros(size), np.full((size, n_days), np.nan), day0,
-                        np.zeros(size), np.zeros(size), np.zeros(size, dtype=np.int64))
+    stats = EntityStats(ids=ids.astype(np.int64), n=np.zeros(size, dtype=np.int64), rate=np.zeros(size),
+                        level_m=np.zeros(size, dtype=int), hod=np.zeros((size, 24)), dow=np.zeros((size, 7)),
+                        profile=np.zeros(size, dtype=int), scale=np.ones(size), scale_local=np.ones(size),
+                        resolution=np.zeros(size), repeat_cost=np.zeros((size, 2)), mode=np.zeros(size),
+                        mode_share=np.zeros(size), daily=np.full((size, n_days), np.nan), day0=day0,
+                        log_floor=np.zeros(size), count_k=np.zeros(size), long_run=np.zeros(size, dtype=np.int64))
     for i, rows in enumerate(np.split(order, starts[1:]) if order.size else []):
         v = value[rows]
         active = np.unique(day[rows]).size
