@@ -171,3 +171,33 @@ def test_the_long_shift_is_the_median_of_about_a_days_rows(per_day, run):
     saved.long_run = None
     old = D.causal.compute(saved, e, t, v, last).shift_long[0]
     assert old == pytest.approx(b * (6 + m) / 2 if per_day >= 6 else 0.0, rel=1e-9)
+
+
+@pytest.mark.parametrize("saved_with_six_rows, margin", [(False, D.LONG_MARGIN), (True, D.LONG_MARGIN_SIX_ROWS)])
+def test_the_long_shift_margin_is_the_one_its_run_was_measured_with(base, saved_with_six_rows, margin):
+    """A day's rows alert beyond 1.4 limits, a model saved with six rows beyond the 1.25 it had.
+
+    The long limit is set so that the step's largest long shift is 1.32
+    limits: past 1.25, short of 1.4.  Only the long channel can fire (the
+    step is 0.75 deviation limits, the three-row limit unreachable).
+    """
+    model, (e, t, v) = copy.deepcopy(base)
+    if saved_with_six_rows:
+        model.stats.long_run = None
+    i = np.searchsorted(model.stats.ids, ENT)
+    v = v.copy()
+    start = np.flatnonzero((e == ENT) & (t >= T0 + START * HOUR))
+    v[start] *= np.exp(0.75 * model.calibration["dev_pos"][i] * model.stats.scale[i])
+    _, rest = split(e, t, v, TRAIN_DAYS)
+    hist = history_before(e, t, v, TRAIN_DAYS)
+    E, T, V, targets = D._combine(*rest, hist)
+    mine = (E[targets] == ENT) & (T[targets] >= T0 + START * HOUR) & (T[targets] < T0 + (START + 24) * HOUR)
+    largest = float(np.max(D.causal.compute(model.stats, E, T, V, targets).shift_long[mine]))
+    model.calibration["shift_pos"] = np.full_like(model.calibration["shift_pos"], 1e9)
+    model.calibration["shift_long_pos"] = model.calibration["shift_long_pos"].copy()
+    model.calibration["shift_long_pos"][i] = largest / 1.32
+    result = model.score(*rest, history=hist)
+    fired = result.is_anomaly[mine]
+    assert largest > 0 and not (result.is_anomaly[mine] & (result.channel[mine] == "deviation")).any()
+    assert fired.any() == (1.32 > margin)
+    assert set(result.channel[mine][fired]) <= {"shift"}
