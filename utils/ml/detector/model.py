@@ -38,7 +38,7 @@ quota: on normal data the expected alert rate is about ``budget`` per
 entity-day whatever the contamination, and a volatile entity only raises its
 own limits.  Measured on the simulator's clean months (budget 0.002, daily
 retraining): 0.0010 alerts per entity-day (3 seeds, before the long shift);
-0.0020 on seed 1's with a six-row long shift, 0.0037 with today's (its alerts
+0.0020 on seed 1's with a six-row long shift, 0.0033 with today's (its alerts
 come several rows at a time: 13 incidents in the month against 11).
 
 An observation is an alert when any channel fires:
@@ -76,11 +76,11 @@ An observation is an alert when any channel fires:
 
 Measured (walk-forward on the simulator, default settings, daily retraining,
 ``python -m utils.ml.evaluation --seed 1 .. --seed 5``; README "Detection quality"):
-5 seeds pooled, event precision 0.77 and recall 0.80 (274/342), F1 0.79 (per
-seed mean +- sd: P 0.77 +- 0.05, R 0.80 +- 0.02); recall per kind spike 0.80,
+5 seeds pooled, event precision 0.78 and recall 0.80 (274/342), F1 0.79 (per
+seed mean +- sd: P 0.79 +- 0.05, R 0.80 +- 0.02); recall per kind spike 0.80,
 dip 0.77, level shift 0.71, contextual 0.85, stuck 0.90, drift 0.60 (9/15);
-daily room consumption P 0.69 R 0.60; held-out seeds 6 + 7 P 0.67 R 0.76; a
-clean month (seed 1) 0.24 false incidents and 0.0037 false alerts per
+daily room consumption P 0.69 R 0.60; held-out seeds 6 + 7 P 0.68 R 0.76; a
+clean month (seed 1) 0.24 false incidents and 0.0033 false alerts per
 entity-day.  With the long shift over six rows for every entity (before it
 took a day's): P 0.80, R 0.795 (272/342), drift 0.53 (8/15).
 
