@@ -302,3 +302,21 @@ def test_causal_features_on_threads_leave_the_process_wide_warning_filters_alone
     finally:
         sys.setswitchinterval(interval)
     assert mismatches == []
+
+
+def test_values_near_the_float_limit_score_without_warnings(clean_model):
+    """Values near 1.8e308 (the API's fuzz test sends them) are scored without numpy overflow warnings.
+
+    A warning from a scan is a log line per request; the values are judged
+    all the same (an infinite scale becomes the floor, as before).
+    """
+    e, t, v = synthetic()
+    (be, bt, bv), history = _batch_with_new_entities(e, t, v)
+    huge = np.isin(be, (501, 502))
+    bv = np.where(huge, np.where(np.arange(bv.size) % 2 == 0, 1.7e308, -1.7e308), bv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scored = clean_model.score(be, bt, bv, history=history)
+        fallback = D.fallback_scores(be, bt, bv)
+    assert scored.score.shape == fallback.score.shape == bv.shape
+    assert not scored.is_anomaly[huge][:D.causal.MIN_PRIOR].any()

@@ -144,6 +144,14 @@ def compute(stats: EntityStats, entity: np.ndarray, ts: np.ndarray, value: np.nd
     only rows of the same entity with an earlier timestamp (ties: earlier in
     the array's (entity, time) order) are used, at most ``HISTORY`` of them.
     """
+    # Values near the float limit overflow to +-inf in the differences; what follows handles that (a
+    # non-finite scale becomes the floor).  np.errstate is per thread, unlike warnings.catch_warnings.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _compute(stats, entity, ts, value, targets)
+
+
+def _compute(stats: EntityStats, entity: np.ndarray, ts: np.ndarray, value: np.ndarray,
+             targets: np.ndarray) -> Features:
     order, _ids, starts, inverse = groups(entity, ts)
     position = np.empty(order.size, dtype=np.int64)
     position[order] = np.arange(order.size)

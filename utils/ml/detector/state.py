@@ -100,7 +100,8 @@ def row_median(a: np.ndarray) -> np.ndarray:
     lo = np.clip((count - 1) // 2, 0, a.shape[1] - 1)
     hi = np.clip(count // 2, 0, a.shape[1] - 1)
     rows = np.arange(a.shape[0])
-    return np.where(count > 0, 0.5 * (ordered[rows, lo] + ordered[rows, hi]), np.nan)
+    # Halves first: the same value bit for bit (halving is exact), and no overflow for values near the float limit.
+    return np.where(count > 0, 0.5 * ordered[rows, lo] + 0.5 * ordered[rows, hi], np.nan)
 
 
 def robust_scale(deviations: np.ndarray, axis: Optional[int] = None) -> np.ndarray:
