@@ -42,8 +42,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Optional
 
-from sqlalchemy import text
-
 # The client waits this much longer than the server's own statement bound.
 GRACE_SECONDS = 1.0
 
@@ -108,21 +106,6 @@ def bounds_profile(name: str) -> Iterator[None]:
         yield
     finally:
         _profile.reset(token)
-
-
-def set_local_bounds(session: Any) -> None:
-    """Give the session's current PostgreSQL transaction this thread's profile's server bounds.
-
-    A connection gets its profile's bounds when it is checked out; one the
-    session already holds keeps them, so a block that switched profiles
-    (:func:`bounds_profile`) calls this at the start of each transaction.
-    ``SET LOCAL`` ends with the transaction.  A no-op elsewhere.
-    """
-    bounds = _bounds.get(_profile.get())
-    if bounds is None or session.get_bind().dialect.name != "postgresql":
-        return
-    session.execute(text(f"SET LOCAL statement_timeout = {int(bounds.statement_ms)}"))
-    session.execute(text(f"SET LOCAL lock_timeout = {int(bounds.lock_ms)}"))
 
 
 # ------------------------------------------------------------------ breaker

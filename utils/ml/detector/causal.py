@@ -49,8 +49,8 @@ Per observation, from the entity's previous ``HISTORY`` (= 48) observations
   values - median of the ``m`` before them) / scale, 0 unless its sign is
   ``r``'s and the row has ``MIN_PRIOR + RUN - 1`` previous observations;
   ``shift_long`` the same over the entity's ``long_run`` rows (about a
-  day's, at most ``LONG_RUN_MAX`` = 12: :func:`state.long_run`), for
-  entities observed at least ``LONG_MIN_RATE`` (6) times a day (0 for the
+  day's, at most ``state.LONG_RUN_MAX`` = 12: :func:`state.long_run`), for
+  entities observed at least ``state.LONG_MIN_RATE`` (6) times a day (0 for the
   others; six rows in models saved before the run was per entity);
 * ``count`` (daily counts only, see :func:`state.count_dispersion`): the
   largest over w = 1 and 3 of ``-ln P(sum of the row and its previous
@@ -80,8 +80,7 @@ import numpy as np
 from scipy.stats import nbinom
 
 from utils.ml.detector.state import (  # noqa: F401  (re-exported: the detector and tests use causal.*)
-    DAILY_MIN_DAYS, DAY, DRIFT_DAYS, HOUR, LEVEL_MAX, LEVEL_MIN, LONG_MIN_RATE, LONG_RUN_MAX, NO_STATE,
-    WEEKLY_MIN_DAYS, EntityStats, fit_stats,
+    DAILY_MIN_DAYS, DAY, DRIFT_DAYS, HOUR, LEVEL_MAX, LEVEL_MIN, NO_STATE, WEEKLY_MIN_DAYS, EntityStats, fit_stats,
     groups, robust_scale, row_median, slots, to_model_space, weekly_medians,
 )
 
@@ -281,12 +280,20 @@ def _run_shift(y: np.ndarray, y_prev: np.ndarray, m: np.ndarray, scale: np.ndarr
     ``run``: one length for every row, or one per row (0: no run, the result is NaN).
     """
     run = np.broadcast_to(np.asarray(run, dtype=np.int64), y.shape)
-    width = max(int(run.max(initial=1)), 1)
-    last = np.column_stack([y, y_prev[:, :width - 1]])
-    last[np.arange(width)[None, :] >= run[:, None]] = np.nan
-    cols = np.maximum(run - 1, 0)[:, None] + np.arange(LEVEL_MAX)[None, :]
-    before = np.take_along_axis(y_prev, np.minimum(cols, y_prev.shape[1] - 1), axis=1)
-    before[(np.arange(LEVEL_MAX)[None, :] >= m[:, None]) | (cols >= y_prev.shape[1])] = np.nan
+    if run.size == 0 or run.min() == run.max():  # one run for every row (the scan's hot path): slices, no gather
+        width = int(run[0]) if run.size else 1
+        if width <= 0:
+            return np.full(y.shape, np.nan)
+        last = np.column_stack([y, y_prev[:, :width - 1]])
+        before = y_prev[:, width - 1:width - 1 + LEVEL_MAX].copy()
+        before[np.arange(LEVEL_MAX)[None, :] >= m[:, None]] = np.nan
+    else:
+        width = int(run.max())
+        last = np.column_stack([y, y_prev[:, :width - 1]])
+        last[np.arange(width)[None, :] >= run[:, None]] = np.nan
+        cols = np.maximum(run - 1, 0)[:, None] + np.arange(LEVEL_MAX)[None, :]
+        before = np.take_along_axis(y_prev, np.minimum(cols, y_prev.shape[1] - 1), axis=1)
+        before[(np.arange(LEVEL_MAX)[None, :] >= m[:, None]) | (cols >= y_prev.shape[1])] = np.nan
     return (row_median(last) - row_median(before)) / scale  # NaN without enough history
 
 

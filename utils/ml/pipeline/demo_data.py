@@ -41,7 +41,7 @@ from typing import Any, Iterable, Iterator, Optional
 import numpy as np
 from sqlalchemy import text
 
-from utils.db_bounds import JOB, bounds_profile, set_local_bounds
+from utils.db_bounds import JOB, bounds_profile
 from utils.db_deadline import wait_callback_suspended
 from utils.extensions import db
 from utils.ml import events
@@ -253,11 +253,13 @@ def generate_demo_data(rooms: int = 120, products: int = 40, attendants: int = 8
     # A bulk load is batch work: the jobs' database bounds (ML_JOB_STATEMENT_TIMEOUT_SECONDS), not a
     # request's (measured: one 100,000-row COPY outlasted the requests' 3 s on a slower machine).
     with bounds_profile(JOB):
+        # A connection gets its profile's bounds at checkout (utils.db_bounds): end the session's
+        # transaction so the load below checks one out under the jobs' profile, not one held since.
+        db.session.commit()
         if db.session.get_bind().dialect.name == "postgresql":
             rows = ((names[metric[i]], int(entity[i]), float(value[i]), ts, labels_json[int(kind[i])])
                     for i, ts in zip(order, stamps))
             try:
-                set_local_bounds(db.session)
                 with wait_callback_suspended():  # psycopg2 refuses COPY under a wait callback
                     count = _copy_rows(rows)
                     db.session.commit()
@@ -266,7 +268,6 @@ def generate_demo_data(rooms: int = 120, products: int = 40, attendants: int = 8
                 raise
             # Fresh statistics after a bulk load, so the scans' and training's
             # queries get index plans at once instead of after autovacuum's next visit.
-            set_local_bounds(db.session)
             db.session.execute(text("ANALYZE ml_metrics"))
             db.session.commit()
         else:
