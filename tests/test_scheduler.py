@@ -114,7 +114,12 @@ def assert_each_tick_ran_once(runs: list[dict[str, Any]], logs: list[Path]) -> N
             assert key in started, f"run {run['id']} finished without a job_started event"
 
 
-def assert_outcomes_are_honest(runs: list[dict[str, Any]]) -> None:
+def assert_outcomes_are_honest(runs: list[dict[str, Any]],
+                               dead_leases: Iterable[tuple[datetime, datetime]] = ()) -> None:
+    """Every row says what happened.  ``dead_leases`` are the windows in which a killed
+    process may still hold a job lock (a SQLite lease lives until its TTL runs out):
+    a tick in one that finds the job busy is honestly ``skipped``, and nowhere else."""
+    dead_leases = list(dead_leases)
     assert not [r for r in runs if r["status"] == "running"], "a run was left 'running' after a clean stop"
     for run in runs:
         assert run["status"] in {"success", "failed", "skipped", "abandoned", "interrupted"}
@@ -124,7 +129,11 @@ def assert_outcomes_are_honest(runs: list[dict[str, Any]]) -> None:
             assert run["error"].startswith("interrupted by shutdown"), run["error"][:200]
             assert run["finished_at"] is not None, run
         if run["job_name"] == "cleanup_models":  # an empty store: nothing can make it fail
-            assert run["status"] in {"success", "abandoned", "interrupted"}, run
+            if run["status"] == "skipped":  # but a killed leader's lock can outlive it
+                assert run["error"].startswith("job cleanup_models was still running"), run
+                assert any(lo <= run["scheduled_for"] <= hi for lo, hi in dead_leases), run
+            else:
+                assert run["status"] in {"success", "abandoned", "interrupted"}, run
 
 
 def leader_sessions(url: str, dbname: str) -> tuple[int, int]:
@@ -199,7 +208,8 @@ def test_gunicorn_workers_and_scheduler_process_run_each_tick_once_and_survive_l
         dbutil.drop_pg_database(name)
 
     assert_each_tick_ran_once(runs, logs)
-    assert_outcomes_are_honest(runs)
+    # Advisory locks die with the session, but the server may notice the kill a beat late.
+    assert_outcomes_are_honest(runs, [(at - SECOND, at + WARM_UP) for _, at in kills])
     ticks = scheduled(runs)
     first = min(r["scheduled_for"] for r in ticks)
     allowed = [(first, first + WARM_UP)] + [(at - SECOND, at + WARM_UP) for _, at in kills]
@@ -279,7 +289,9 @@ def test_sqlite_lease_election_between_two_scheduler_processes(sqlite_template, 
 
     runs = read_runs(url)
     assert_each_tick_ran_once(runs, logs)
-    assert_outcomes_are_honest(runs)
+    # The dead leader's job lease (renewed each heartbeat while a job ran) can expire
+    # after its leader lease; until then the new leader finds that job busy.
+    assert_outcomes_are_honest(runs, [(killed_at - SECOND, killed_at + timedelta(seconds=2.4))])
     ticks = scheduled(runs)
     assert {r["pid"] for r in ticks} == {first.pid, second.pid}
     assert all(r["pid"] == first.pid for r in ticks if r["started_at"] < killed_at)
