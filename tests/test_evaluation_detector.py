@@ -132,6 +132,11 @@ def test_pickle_round_trip_keeps_scores_and_stays_small(clean_model):
     assert np.array_equal(a.score, b.score) and np.array_equal(a.is_anomaly, b.is_anomaly)
     size = clean_model.size()
     assert size["bytes_per_entity"] < 2000
+    # Every array of the state counts, the ones added after the first version too.
+    held = [v for v in vars(clean_model.stats).values() if isinstance(v, np.ndarray)]
+    assert clean_model.stats.long_run is not None and clean_model.stats.count_k is not None
+    expected = sum(a.nbytes for a in held) + sum(a.nbytes for a in clean_model.calibration.values())
+    assert size["bytes_per_entity"] == round(expected / clean_model.stats.ids.size, 1)
     assert len(blob) == size["total_bytes"]
 
 

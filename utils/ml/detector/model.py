@@ -99,7 +99,7 @@ picklable state.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
 import numpy as np
@@ -325,9 +325,8 @@ class TrainedDetector:
         """Bytes of per-entity state (numpy arrays) and of the forest, for the notes."""
         import pickle
 
-        names = ("ids", "n", "rate", "level_m", "hod", "dow", "profile", "scale", "resolution", "repeat_cost", "mode",
-                 "mode_share", "daily", "log_floor")
-        arrays = [getattr(self.stats, name) for name in names]
+        # Every array the state holds (a hand-kept list missed the ones added later).
+        arrays = [v for v in (getattr(self.stats, f.name) for f in fields(self.stats)) if isinstance(v, np.ndarray)]
         per_entity = sum(a.nbytes for a in arrays) + sum(a.nbytes for a in self.calibration.values())
         entities = max(int(self.stats.ids.size), 1)
         return {"entities": int(self.stats.ids.size), "bytes_per_entity": round(per_entity / entities, 1),
