@@ -79,7 +79,8 @@ Measured (walk-forward on the simulator, default settings, daily retraining,
 5 seeds pooled, event precision 0.78 and recall 0.80 (274/342), F1 0.79 (per
 seed mean +- sd: P 0.79 +- 0.05, R 0.80 +- 0.02); recall per kind spike 0.80,
 dip 0.77, level shift 0.71, contextual 0.85, stuck 0.90, drift 0.60 (9/15);
-daily room consumption P 0.69 R 0.60; held-out seeds 6 + 7 P 0.68 R 0.76; a
+daily room consumption P 0.69 R 0.60; held-out seeds 6 + 7 P 0.68 R 0.76,
+8-11 P 0.70 R 0.71 (193/270); a
 clean month (seed 1) 0.24 false incidents and 0.0033 false alerts per
 entity-day.  With the long shift over six rows for every entity (before it
 took a day's): P 0.80, R 0.795 (272/342), drift 0.53 (8/15).
