@@ -247,7 +247,8 @@ def _holder_pid(url: str) -> int | None:
 def test_sqlite_lease_election_between_two_scheduler_processes(sqlite_template, tmp_path):
     """SQLite's own mechanism (the PostgreSQL path uses advisory locks, tested above)."""
     url = dbutil.copy_sqlite(sqlite_template, tmp_path / "ml.sqlite3")
-    env = scheduler_env(tmp_path, url, heartbeat="0.4", lease="2")
+    heartbeat, lease = 0.4, 2.0
+    env = scheduler_env(tmp_path, url, heartbeat=str(heartbeat), lease=str(lease))
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     logs = [first_log, second_log]
     first = start([str(VENV_BIN / "flask"), "--app", "app", "ml", "scheduler"], env, first_log)
@@ -291,7 +292,7 @@ def test_sqlite_lease_election_between_two_scheduler_processes(sqlite_template, 
     assert_each_tick_ran_once(runs, logs)
     # The dead leader's job lease (renewed each heartbeat while a job ran) can expire
     # after its leader lease; until then the new leader finds that job busy.
-    assert_outcomes_are_honest(runs, [(killed_at - SECOND, killed_at + timedelta(seconds=2.4))])
+    assert_outcomes_are_honest(runs, [(killed_at - SECOND, killed_at + timedelta(seconds=lease + heartbeat))])
     ticks = scheduled(runs)
     assert {r["pid"] for r in ticks} == {first.pid, second.pid}
     assert all(r["pid"] == first.pid for r in ticks if r["started_at"] < killed_at)

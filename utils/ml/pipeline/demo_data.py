@@ -209,6 +209,10 @@ def generate_demo_data(rooms: int = 120, products: int = 40, attendants: int = 8
                        anomaly_rate: float = DEFAULT_ANOMALY_RATE) -> dict[str, Any]:
     """Generate and insert the demo hotel's observations (one transaction); return the counts.
 
+    Batch work, called at the top of a command: it first ends the session's
+    current transaction (so the load gets a connection with the jobs'
+    database bounds), which commits anything the caller left pending.
+
     Returns ``{"observations", "start", "end", "seed", "seconds", "by_metric_type":
     {metric_type: {"observations", "entities", "global", "contextual"}}}``.
     """
