@@ -80,7 +80,7 @@ Measured (walk-forward on the simulator, default settings, daily retraining,
 seed mean +- sd: P 0.79 +- 0.05, R 0.80 +- 0.02); recall per kind spike 0.80,
 dip 0.77, level shift 0.71, contextual 0.85, stuck 0.90, drift 0.60 (9/15);
 daily room consumption P 0.69 R 0.60; held-out seeds 6 + 7 P 0.68 R 0.76,
-8-11 P 0.70 R 0.71 (193/270); a
+8-11 P 0.70 R 0.71 (193/270), 12-15 P 0.67 R 0.78 (190/245); a
 clean month (seed 1) 0.24 false incidents and 0.0033 false alerts per
 entity-day.  With the long shift over six rows for every entity (before it
 took a day's): P 0.80, R 0.795 (272/342), drift 0.53 (8/15).
