@@ -6,14 +6,13 @@ scheduler, so running it next to web workers that also schedule is safe.
 from __future__ import annotations
 
 import signal
-import threading
-from typing import Any
+import time
 
 import click
 from flask import current_app
 
 from utils.cli import fail, ml_cli
-from utils.ml.jobs.interrupt import request_stop
+from utils.ml.jobs.interrupt import on_stop_signals, stop_requested
 from utils.ml.jobs.scheduler import exit_now_if_stuck, start_scheduler, stop_scheduler
 from utils.web.monitoring import start_metrics_server
 
@@ -28,22 +27,18 @@ def scheduler_command() -> None:
     app = current_app._get_current_object()
     if not app.config["ML_ENABLED"]:
         raise fail("ML_ENABLED is false: the ML subsystem is off, so no jobs are scheduled")
-    stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: Any) -> None:
-        request_stop()  # a running job stops at its next safe point, recorded as interrupted
-        stop.set()
-
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # A running job stops at its next safe point, recorded as interrupted.  The handler only sets a
+    # flag: a threading.Event set from it could deadlock on a second signal (utils.ml.jobs.interrupt).
+    previous = on_stop_signals((signal.SIGTERM, signal.SIGINT))
     try:
         scheduler = start_scheduler(app)  # a ValueError names a configuration rule: one line, exit 1
         start_metrics_server(app)  # this process's own /metrics on ML_METRICS_PORT (0: off)
         intervals = ", ".join(f"{name} every {seconds:g}s" for name, seconds in scheduler.intervals.items())
         click.echo(f"scheduler running ({scheduler.elector.backend} leader election; {intervals}); "
                    "stop with SIGTERM or Ctrl-C", err=True)
-        # Short waits keep the main thread responsive to signals.
-        while not stop.wait(1.0):
-            pass
+        # A signal interrupts the sleep and its handler runs at once; the flag is seen within 0.2 s.
+        while not stop_requested():
+            time.sleep(0.2)
         click.echo("scheduler stopping: interrupting running jobs, releasing leadership", err=True)
         finished = stop_scheduler(app)
         click.echo("scheduler stopped", err=True)

@@ -13,9 +13,14 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator, Optional
 
-_stop = threading.Event()
+# A plain flag, not a threading.Event: it is set from signal handlers, and a handler can be entered
+# again by a second signal at any line of itself (Ctrl-C reaches a gunicorn worker as SIGINT from the
+# terminal and SIGQUIT from the master).  Event.set holds a non-reentrant lock; a second stop signal
+# landing inside it deadlocked the worker's main thread, and the master SIGKILLed the worker after
+# GUNICORN_GRACEFUL_TIMEOUT (one stop in 20 of tests/test_shutdown.py, once).
+_stop = {"requested": False}
 _running = {"count": 0}
 _idle = threading.Condition()
 
@@ -25,17 +30,21 @@ class JobInterrupted(RuntimeError):
 
 
 def request_stop() -> None:
-    """Ask every job in this process to stop at its next safe point (safe in a signal handler)."""
-    _stop.set()
+    """Ask every job in this process to stop at its next safe point.
+
+    Takes no lock, so it is safe in a signal handler, even one that a
+    second signal interrupts (see ``_stop``).
+    """
+    _stop["requested"] = True
 
 
 def stop_requested() -> bool:
-    return _stop.is_set()
+    return _stop["requested"]
 
 
 def checkpoint(where: str) -> None:
     """Raise :class:`JobInterrupted` if a stop was requested; ``where`` names the safe point."""
-    if _stop.is_set():
+    if _stop["requested"]:
         raise JobInterrupted(f"interrupted by shutdown {where}")
 
 
@@ -64,7 +73,21 @@ def wait_for_jobs(timeout: float) -> bool:
 
 def reset_for_tests() -> None:
     """Clear the flag (an in-process test that stopped a job goes on with the next)."""
-    _stop.clear()
+    _stop["requested"] = False
+
+
+def on_stop_signals(signals: Iterable[int], then: Optional[Callable[[], None]] = None) -> dict[int, Any]:
+    """Handle ``signals`` with :func:`request_stop` and then ``then()``; return the previous handlers.
+
+    ``then`` must take no lock either (a plain assignment): the handler may
+    run again inside itself when a second signal arrives (see ``_stop``).
+    """
+    def handler(signum: int, frame: Any) -> None:
+        request_stop()
+        if then is not None:
+            then()
+
+    return {sig: signal.signal(sig, handler) for sig in signals}
 
 
 def guard_worker_signals(worker: Any) -> None:
@@ -82,9 +105,7 @@ def guard_worker_signals(worker: Any) -> None:
     loop instead lets the worker leave through its normal exit path, which
     stops the scheduler within its bounded wait.
     """
-    def handler(signum: int, frame: Any) -> None:
-        request_stop()
+    def end_loop() -> None:
         worker.alive = False
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        signal.signal(sig, handler)
+    on_stop_signals((signal.SIGTERM, signal.SIGINT, signal.SIGQUIT), end_loop)
