@@ -41,7 +41,11 @@ Per observation, from the entity's previous ``HISTORY`` (= 48) observations
 * ``r_local``: the same after also removing the median of the previous
   ``LOCAL`` (3) residuals -- what today's demand explains;
   the **deviation** the forest sees is the smaller of the two when they
-  agree in sign, else 0 (:meth:`Features.deviation`);
+  agree in sign and the **day view** confirms it, else 0
+  (:meth:`Features.deviation`);
+* ``r_day`` (entities seen at least 12 times a day): the row against the
+  entity's row at the same time a day before, in its own scale of that
+  difference; NaN where there is none (:mod:`day_view`);
 * ``stuck``: number of immediately preceding observations equal to this one
   x the repeat cost for that value (minus log-probability of such a run),
   0 below ``STUCK_MIN_RUN`` repeats;
@@ -79,6 +83,7 @@ from typing import Any, Optional
 import numpy as np
 from scipy.stats import nbinom
 
+from utils.ml.detector import day_view
 from utils.ml.detector.state import (  # noqa: F401  (re-exported: the detector and tests use causal.*)
     DAILY_MIN_DAYS, DAY, DRIFT_DAYS, HOUR, LEVEL_MAX, LEVEL_MIN, NO_STATE, WEEKLY_MIN_DAYS, EntityStats, fit_stats,
     groups, robust_scale, row_median, slots, to_model_space, weekly_medians,
@@ -111,16 +116,19 @@ class Features:
     shift_long: np.ndarray = None  # type: ignore[assignment]  # the same over the entity's long_run rows
     count: np.ndarray = None  # type: ignore[assignment]  # daily counts: -log P(sum of the last w counts this high)
     count_w: np.ndarray = None  # type: ignore[assignment]  # the w of ``count`` (0: not a count)
+    r_day: Optional[np.ndarray] = None  # the day view (NaN: no row a day before; None: a model without it)
 
     def deviation(self) -> np.ndarray:
         """One signed deviation: ``r`` and ``r_local`` must agree, and the smaller one counts.
 
         A busy day (stock drawn deeper than the profile says) moves ``r`` but
         not ``r_local``; a spike, dip, contextual value or shift onset moves both.
+        The row after such a day's rows, back at the usual level, moves both
+        but not the day view (:func:`day_view.confirms`).
         The entity's most common value (an empty room's 0, if at least
         ``COMMON_SHARE`` of its window) is not rare, so never a deviation.
         """
-        agree = (np.sign(self.r) == np.sign(self.r_local)) & ~self.common
+        agree = (np.sign(self.r) == np.sign(self.r_local)) & ~self.common & day_view.confirms(self.r, self.r_day)
         return np.where(agree, np.sign(self.r) * np.minimum(np.abs(self.r), np.abs(self.r_local)), 0.0)
 
     def forest_input(self) -> np.ndarray:
@@ -195,6 +203,8 @@ def _compute(stats: EntityStats, entity: np.ndarray, ts: np.ndarray, value: np.n
     scale_local = np.where(known, stats.scale_local[index] if stats.ids.size else 1.0, scale)
     scale_local = np.where(np.isfinite(scale_local) & (scale_local > 0), scale_local, 1e-6)
     r_local = np.where(ready, (x - baseline - np.nan_to_num(local)) / scale_local, 0.0)
+    r_day = day_view.compute(stats, index, known, ready, ts_sorted, t_sorted, prev, valid, y_prev,
+                             x - season[t_sorted])
     eq = valid & (v_sorted[prev] == v_sorted[t_sorted][:, None])  # raw values: a stuck reading repeats exactly
     run = np.cumprod(eq, axis=1).sum(axis=1)
     live_cost = np.zeros(t_sorted.size)
@@ -236,7 +246,8 @@ def _compute(stats: EntityStats, entity: np.ndarray, ts: np.ndarray, value: np.n
     if counts.size:  # the previous values matrix only for daily counts' rows: a scan's hot path
         v_prev = np.where(valid[counts], v_sorted[prev[counts]], np.nan)
         count[counts], count_w[counts] = count_surprise(v_sorted[t_sorted[counts]], v_prev, k[counts])
-    return Features(r, r_local, stuck, drift, expected, scale, ready, known, common, shift, shift_long, count, count_w)
+    return Features(r, r_local, stuck, drift, expected, scale, ready, known, common, shift, shift_long, count, count_w,
+                    r_day)
 
 
 def count_surprise(x: np.ndarray, v_prev: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -319,11 +330,17 @@ def fit_scale(stats: EntityStats, features: Features, entity: np.ndarray, value:
             y = to_model_space(value[rows], np.full(rows.size, stats.log_floor[i]))
             young = float(robust_scale(y - np.median(y))) * (1 + 2.0 / np.sqrt(rows.size))
             stats.scale[i] = stats.scale_local[i] = max(young, floor)
+            if stats.scale_day is not None:
+                stats.scale_day[i] = np.nan  # too young for a day view's scale: deviations are judged without it
             continue
         for target, resid in ((stats.scale, features.r[mine]), (stats.scale_local, features.r_local[mine])):
             target[i] = max(float(robust_scale(resid - np.median(resid))) if resid.size >= 3 else floor, floor)
+        if stats.scale_day is not None and features.r_day is not None:
+            stats.scale_day[i] = day_view.fit_scale(features.r_day[mine], floor)
     new_scale = np.where(known, stats.scale[index], features.scale)
     features.r_local = features.r_local / np.where(known, stats.scale_local[index], 1.0)
+    if features.r_day is not None and stats.scale_day is not None:
+        features.r_day = features.r_day / np.where(known, stats.scale_day[index], np.nan)
     for name in ("r", "drift", "shift", "shift_long"):
         setattr(features, name, getattr(features, name) * features.scale / new_scale)
     features.scale = new_scale

@@ -76,14 +76,14 @@ An observation is an alert when any channel fires:
 
 Measured (walk-forward on the simulator, default settings, daily retraining,
 ``python -m utils.ml.evaluation --seed 1 .. --seed 5``; README "Detection quality"):
-5 seeds pooled, event precision 0.78 and recall 0.80 (274/342), F1 0.79 (per
-seed mean +- sd: P 0.79 +- 0.05, R 0.80 +- 0.02); recall per kind spike 0.80,
-dip 0.77, level shift 0.71, contextual 0.85, stuck 0.90, drift 0.60 (9/15);
-daily room consumption P 0.69 R 0.60; held-out seeds 6 + 7 P 0.68 R 0.76,
-8-11 P 0.70 R 0.71 (193/270), 12-15 P 0.67 R 0.78 (190/245); a
-clean month (seed 1) 0.24 false incidents and 0.0033 false alerts per
-entity-day.  With the long shift over six rows for every entity (before it
-took a day's): P 0.80, R 0.795 (272/342), drift 0.53 (8/15).
+5 seeds pooled, event precision 0.79 and recall 0.81 (276/342), F1 0.80 (per
+seed P 0.70-0.88, R 0.76-0.84); recall per kind spike 0.80, dip 0.77, level
+shift 0.73, contextual 0.87, stuck 0.90, drift 0.60 (9/15); daily room
+consumption P 0.69 R 0.60; held-out seeds 6 + 7 P 0.69 R 0.81 (95/118), 8-11
+P 0.69 R 0.72 (194/270), 12-15 P 0.68 R 0.79 (193/245); a clean month
+(seed 1) 0.20 false incidents and 0.0029 false alerts per entity-day.  Before
+the day view (:mod:`day_view`): 274/342 at P 0.78; held out 90, 193 and 190
+at P 0.68, 0.70 and 0.67.
 
 **Severity** is how far past the entity's own limit: deviation and drift by
 the ratio to the limit (low < 1.5, medium < 2.5, high < 4, critical), stuck

@@ -50,6 +50,9 @@ class EntityStats:
     # The rows of the long shift (see :func:`long_run`), 0 for an entity without one; None in models
     # saved before it was per entity, whose long shift was LONG_RUN_SAVED rows.
     long_run: Optional[np.ndarray] = None
+    # The scale of the day view's differences (see :mod:`day_view`), NaN for an entity without the view;
+    # None in models saved before it, which judge every deviation without it.
+    scale_day: Optional[np.ndarray] = None
 
     def long_runs(self) -> np.ndarray:
         """``long_run``, or what a model saved before it used: ``LONG_RUN_SAVED`` rows where the rate allows."""
@@ -183,7 +186,8 @@ def fit_stats(entity: np.ndarray, ts: np.ndarray, value: np.ndarray) -> EntitySt
                         profile=np.zeros(size, dtype=int), scale=np.ones(size), scale_local=np.ones(size),
                         resolution=np.zeros(size), repeat_cost=np.zeros((size, 2)), mode=np.zeros(size),
                         mode_share=np.zeros(size), daily=np.full((size, n_days), np.nan), day0=day0,
-                        log_floor=np.zeros(size), count_k=np.zeros(size), long_run=np.zeros(size, dtype=np.int64))
+                        log_floor=np.zeros(size), count_k=np.zeros(size), long_run=np.zeros(size, dtype=np.int64),
+                        scale_day=np.ones(size))
     for i, rows in enumerate(np.split(order, starts[1:]) if order.size else []):
         v = value[rows]
         active = np.unique(day[rows]).size
