@@ -89,7 +89,8 @@ def test_the_view_needs_a_row_a_day_before_and_an_hourly_entity(base):  # noqa: 
     assert np.isnan(causal.compute(slow.stats, E, T, V, targets).r_day[nxt]).all()
 
 
-@pytest.mark.parametrize("r_day, counts", [(np.nan, True), (3.0, True), (day_view.VETO, True), (0.9 * day_view.VETO, False), (0.0, False), (-4.0, False)])
+@pytest.mark.parametrize("r_day, counts", [(np.nan, True), (3.0, True), (day_view.VETO, True),
+                                           (0.9 * day_view.VETO, False), (0.0, False), (-4.0, False)])
 def test_the_veto_rule(r_day, counts):
     """r = 5, r_local = 4: the deviation is 4 unless the day view contradicts it (below VETO on r's side)."""
     f = causal.Features(r=np.array([5.0, -5.0]), r_local=np.array([4.0, -4.0]), stuck=np.zeros(2),

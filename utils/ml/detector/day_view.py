@@ -31,7 +31,7 @@ held-out seeds: 6 + 7 95/118 at P 0.69 (without: 90 at 0.68), 8-11 194/270
 at 0.69 (193 at 0.70), 12-15 193/245 at 0.68 (190 at 0.67); all ten 482 of
 633 (473).  What it was built for, stock's false spikes at the 02:00 restock
 after a busy day (15 of 55 stock false incidents on seeds 8, 12-14 began at
-02:00-03:00; on seed 14, 35-50 % of the products deviated upward at those
+02:00-03:00; on seed 14, 25-50 % of the products deviated upward at those
 hours), it mostly misses at 0.5: 14 of 52 remain, with ``r_day`` 1.2-1.6,
 because the additive day-of-week profile puts a busy day's offset on the
 restock hour too.  At 1 more of them go (seeds 12-15: stock P 0.65, overall
