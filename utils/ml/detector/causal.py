@@ -81,9 +81,9 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
-from scipy.stats import nbinom
 
 from utils.ml.detector import day_view
+from utils.ml.detector.counts import COUNT_LEVEL, COUNT_MIN_LEVEL, COUNT_WINDOWS, count_surprise  # noqa: F401
 from utils.ml.detector.state import (  # noqa: F401  (re-exported: the detector and tests use causal.*)
     DAILY_MIN_DAYS, DAY, DRIFT_DAYS, HOUR, LEVEL_MAX, LEVEL_MIN, NO_STATE, WEEKLY_MIN_DAYS, EntityStats, fit_stats,
     groups, robust_scale, row_median, slots, to_model_space, weekly_medians,
@@ -95,9 +95,6 @@ LOCAL = 3
 RUN = 3  # rows whose median the shift feature compares with the level before them
 COMMON_SHARE = 0.1  # a value the entity takes this often (an empty room's 0) is never a deviation
 SCALE_MIN = 10  # fewer causal residuals than this in the window: the scale comes from the values (fit_scale)
-# Daily counts: the sum of the last w counts (w in COUNT_WINDOWS) against a negative binomial with the
-# mean of the busy days among the COUNT_LEVEL counts before them (at least COUNT_MIN_LEVEL counts).
-COUNT_WINDOWS, COUNT_LEVEL, COUNT_MIN_LEVEL = (1, 3), 14, 7
 STUCK_MIN_RUN = 2  # a stuck value repeats at least twice (three equal readings): one repeat is chance
 
 
@@ -248,41 +245,6 @@ def _compute(stats: EntityStats, entity: np.ndarray, ts: np.ndarray, value: np.n
         count[counts], count_w[counts] = count_surprise(v_sorted[t_sorted[counts]], v_prev, k[counts])
     return Features(r, r_local, stuck, drift, expected, scale, ready, known, common, shift, shift_long, count, count_w,
                     r_day)
-
-
-def count_surprise(x: np.ndarray, v_prev: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """-ln P(a sum of the last w counts at least this high), the largest over ``COUNT_WINDOWS``; and its w.
-
-    ``x``: the row's count; ``v_prev``: its previous counts, newest first (NaN
-    where there are none); ``k``: the entity's dispersion (0: not a count, the
-    result is 0).  The sum of the row and the previous ``w - 1`` counts is
-    judged against a negative binomial with ``w`` times the mean of the busy
-    (non-zero) days among the ``COUNT_LEVEL`` counts before them and
-    dispersion ``w k``; 0 with fewer than ``COUNT_MIN_LEVEL`` counts or 3
-    busy days there (an empty room's zeros say nothing of how much a guest
-    takes).  Under the model ``-ln p`` has an exponential tail, so the
-    detector calibrates it as it does the deviation.
-    """
-    out, which = np.zeros(x.size), np.zeros(x.size, dtype=np.int64)
-    rows = np.flatnonzero(k > 0)
-    if rows.size == 0:
-        return out, which
-    for w in COUNT_WINDOWS:
-        recent = v_prev[rows, :w - 1]
-        base = v_prev[rows, w - 1:w - 1 + COUNT_LEVEL]
-        n = np.sum(~np.isnan(base), axis=1)
-        busy = np.sum(base > 0, axis=1)  # NaN compares False
-        ok = (n >= COUNT_MIN_LEVEL) & (busy >= 3) & ~np.any(np.isnan(recent), axis=1)
-        if not ok.any():
-            continue
-        total = x[rows] + np.nansum(recent, axis=1)
-        mu = np.nansum(base, axis=1) / np.maximum(busy, 1) * w
-        kk = w * k[rows]
-        p = nbinom.sf(total - 1, kk, kk / (kk + mu))
-        s = np.where(ok, -np.log(np.clip(p, 1e-300, 1.0)), 0.0)
-        better = s > out[rows]
-        out[rows[better]], which[rows[better]] = s[better], w
-    return out, which
 
 
 def _run_shift(y: np.ndarray, y_prev: np.ndarray, m: np.ndarray, scale: np.ndarray, run: Any) -> np.ndarray:

@@ -108,17 +108,13 @@ from sklearn.ensemble import IsolationForest
 
 from utils.ml.detector import causal
 from utils.ml.detector.calibration import _common_drift, _limits, _per_entity, _shaped_limits
+# Re-exported: callers and tests read them here, where they lived before the split.
+from utils.ml.detector.fallback import FALLBACK_MIN_PRIOR, FALLBACK_Z, fallback_scores, recent_history  # noqa: F401
+from utils.ml.detector.forest import _envelope, _score_threshold
+from utils.ml.detector.scores import _NATS, _RATIOS, SEVERITIES, Scores, _combine  # noqa: F401
 
 FEATURE_VERSION = 2
-SEVERITIES = ("low", "medium", "high", "critical")
-# Severity: how far past the entity's own threshold.  Deviation and drift: the ratio of the deviation
-# to the one at the threshold; stuck: how many times less likely than the threshold run (in nats).
-_RATIOS = (1.5, 2.5, 4.0)
-_NATS = (np.log(10.0), np.log(100.0), np.log(1000.0))
-_Z_RATIOS = _RATIOS
 
-FALLBACK_MIN_PRIOR = 10
-_GRID = np.linspace(0.0, 8.0, 401)  # log1p(deviation) at which the forest is read for its thresholds
 # Stuck: alert when the run is STUCK_MARGIN times less likely than the entity's alert budget per
 # observation (runs are not independent draws: an empty room stays empty for days).
 STUCK_MARGIN = 0.01
@@ -148,7 +144,7 @@ class DetectorSettings:
     random_state: int = 42
     shrink_n: int = 200
     min_samples: int = 50
-    fallback_z: float = 5.0
+    fallback_z: float = FALLBACK_Z
 
     def __post_init__(self) -> None:
         rules = (("contamination", 0 < self.contamination < 0.5, "must be in (0, 0.5)"),
@@ -162,61 +158,6 @@ class DetectorSettings:
             if not ok:
                 raise ValueError(f"{name}: {rule} (got {getattr(self, name)!r})")
 
-
-@dataclass
-class Scores:
-    """Per row of a scored batch, in input order."""
-
-    score: np.ndarray
-    threshold: np.ndarray
-    is_anomaly: np.ndarray
-    severity: np.ndarray  # object: one of SEVERITIES, or None
-    expected: np.ndarray  # the baseline (NaN while warming up)
-    method: str
-    channel: Optional[np.ndarray] = None  # per alert: deviation, stuck or drift
-
-
-def _grade(ratio: np.ndarray, cuts: tuple[float, ...], flags: np.ndarray) -> np.ndarray:
-    levels = np.searchsorted(np.asarray(cuts), ratio, side="right")
-    out = np.full(flags.size, None, dtype=object)
-    out[flags] = [SEVERITIES[int(i)] for i in levels[flags]]
-    return out
-
-
-def _combine(entity: Any, ts: Any, value: Any, history: Optional[tuple[Any, Any, Any]]):
-    e, t, v = (np.asarray(entity, dtype=np.int64).reshape(-1), np.asarray(ts, dtype=float).reshape(-1),
-               np.asarray(value, dtype=float).reshape(-1))
-    if not (e.shape == t.shape == v.shape):
-        raise ValueError("entity_ids, timestamps and values must have the same length")
-    for name, column in (("values", v), ("timestamps", t)):
-        if not np.all(np.isfinite(column)):
-            raise ValueError(f"{name}[{int(np.flatnonzero(~np.isfinite(column))[0])}]: must be a finite number")
-    if history is None or len(history[0]) == 0:
-        return e, t, v, np.arange(e.size)
-    he, ht, hv = (np.asarray(history[0], dtype=np.int64), np.asarray(history[1], dtype=float),
-                  np.asarray(history[2], dtype=float))
-    return (np.concatenate([he, e]), np.concatenate([ht, t]), np.concatenate([hv, v]),
-            np.arange(he.size, he.size + e.size))
-
-
-def fallback_scores(entity: Any, ts: Any, value: Any, history: Optional[tuple[Any, Any, Any]] = None,
-                    z: float = DetectorSettings.fallback_z) -> Scores:
-    """Per-entity robust Z-score: no model, the entity's own previous observations as reference."""
-    e, t, v, targets = _combine(entity, ts, value, history)
-    f = causal.compute(causal.fit_stats(e[:0], t[:0], v[:0]), e, t, v, targets)
-    score = np.abs(f.r)
-    flags = f.ready & (score > z) & _enough(e, t, targets, FALLBACK_MIN_PRIOR)
-    return Scores(score, np.full(score.size, z), flags, _grade(score / z, _Z_RATIOS, flags), f.baseline, "robust_z",
-                  np.where(flags, "deviation", None))
-
-
-def _enough(entity: np.ndarray, ts: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
-    """True where the target row has at least ``k`` earlier rows of its entity."""
-    order, _ids, starts, inverse = causal.groups(entity, ts)
-    position = np.empty(order.size, dtype=np.int64)
-    position[order] = np.arange(order.size)
-    t_sorted = position[targets]
-    return (t_sorted - starts[inverse[t_sorted]]) >= k
 
 
 class TrainedDetector:
@@ -334,41 +275,6 @@ class TrainedDetector:
                 "forest_bytes": len(pickle.dumps(self.forest, protocol=pickle.HIGHEST_PROTOCOL)),
                 "total_bytes": len(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))}
 
-
-def recent_history(entity: np.ndarray, ts: np.ndarray, k: int = causal.HISTORY) -> np.ndarray:
-    """Indices of each entity's last ``k`` rows (what a scan must read per entity before its batch)."""
-    order, _ids, starts, inverse = causal.groups(entity, ts)
-    ends = np.r_[starts[1:], order.size]
-    rank_from_end = ends[inverse] - np.arange(order.size)
-    return np.sort(order[rank_from_end <= k])
-
-
-def _forest_score(forest: IsolationForest, deviation: np.ndarray) -> np.ndarray:
-    """The forest's score of each deviation (its one input column)."""
-    d = np.asarray(deviation, dtype=float)
-    return -forest.score_samples((np.sign(d) * np.log1p(np.abs(d)))[:, None])
-
-
-def _envelope(forest: IsolationForest, sign: float) -> np.ndarray:
-    """The forest's lowest score over each grid deviation and every larger one, on one side."""
-    scores = _forest_score(forest, sign * np.expm1(_GRID))
-    return np.minimum.accumulate(scores[::-1])[::-1]
-
-
-def _score_threshold(forest: IsolationForest, limit: np.ndarray, sign: float,
-                     envelope: Optional[np.ndarray] = None) -> np.ndarray:
-    """The lowest score the forest gives any deviation beyond ``limit`` on that side.
-
-    A forest's score is a noisy, nearly monotone function of the deviation,
-    flat where it saturates; reading it at the limit alone would let that
-    noise reject a larger deviation.  The envelope over a grid of deviations
-    (up to e^8 scales) keeps the forest's judgement and drops the noise.
-    """
-    grid = np.expm1(_GRID)  # deviations 0 .. ~3000 scales, log-spaced
-    if envelope is None:
-        envelope = _envelope(forest, sign)
-    at = np.clip(np.searchsorted(grid, np.asarray(limit, dtype=float)), 0, grid.size - 1)
-    return envelope[at]
 
 
 def train(entity: Any, ts: Any, value: Any, settings: DetectorSettings = DetectorSettings(),
