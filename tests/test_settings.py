@@ -32,6 +32,9 @@ BAD_VALUES = [
      "config error: ML_LOAD_RETRY_DELAYS='1,two,4': expected comma-separated numbers (expected a number)"),
     ("ML_DASHBOARD_SESSION_HOURS", "0", "config error: ML_DASHBOARD_SESSION_HOURS='0': must be at least 0.01"),
     ("ML_LOG_FORMAT", "xml", "config error: ML_LOG_FORMAT='xml': expected one of json, text"),
+    ("ML_TRUSTED_PROXIES", "-1", "config error: ML_TRUSTED_PROXIES='-1': must be at least 0"),
+    ("ML_TRUSTED_PROXIES", "9", "config error: ML_TRUSTED_PROXIES='9': must be at most 5"),
+    ("ML_HSTS_SECONDS", "1y", "config error: ML_HSTS_SECONDS='1y': expected a whole number"),
     ("DATABASE_URL", "localhost", "config error: DATABASE_URL='localhost': expected a database URL such as "
                                   "postgresql://user@host/db or sqlite:///path"),
 ]

@@ -7,6 +7,8 @@
 * A sign-out in one request revokes the session for a copy of its cookie
   that any worker serves.
 * A chunked request body over the size limit gets 413, not 400.
+* Behind a proxy (``ML_TRUSTED_PROXIES=1``, a loopback peer) the counter is
+  the forwarded client's, and HTTPS responses carry HSTS.
 
 Clients come from different loopback addresses (127.0.0.2, 127.0.0.3, ...),
 so each test has its own counter on the one server.
@@ -76,7 +78,8 @@ def server(pg_available, tmp_path_factory):
                    SECRET_KEY="gunicorn-security-secret", ML_LOG_FORMAT="json", ML_SCHEDULER_ENABLED="false",
                    GUNICORN_BIND=f"127.0.0.1:{port}", GUNICORN_WORKERS="2", GUNICORN_THREADS=str(THREADS),
                    PROMETHEUS_MULTIPROC_DIR=str(tmp / "prom"), ML_AUTH_MAX_FAILURES=str(MAX_FAILURES),
-                   ML_AUTH_WINDOW_SECONDS="300", ML_AUTH_LOCKOUT_SECONDS=str(LOCKOUT_SECONDS))
+                   ML_AUTH_WINDOW_SECONDS="300", ML_AUTH_LOCKOUT_SECONDS=str(LOCKOUT_SECONDS),
+                   ML_TRUSTED_PROXIES="1")
     proc = start([str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "app:app"], env, log)
     try:
         wait_until(lambda: http_status(f"http://127.0.0.1:{port}/health") == 200, 60, "gunicorn up", [proc], [log])
@@ -112,6 +115,25 @@ def test_300_wrong_tokens_get_10_401s_then_429_and_the_right_token_waits_out_the
 
     time.sleep(int(locked.headers["retry-after"]) + 0.5)
     assert server.request("GET", "/api/ml/models", source=source, headers=bearer(TOKEN)).status == 200
+
+
+def test_behind_a_proxy_each_forwarded_client_is_counted_and_https_gets_hsts(server):
+    """ML_TRUSTED_PROXIES=1: a loopback peer is the proxy, its X-Forwarded-For the client (both workers)."""
+    proxy, guesser, operator = "127.0.0.20", "93.184.216.34", "93.184.216.35"
+
+    def via_proxy(token: str, client: str, proto: str = "http") -> Reply:
+        return server.request("GET", "/api/ml/models", source=proxy,
+                              headers={**bearer(token), "X-Forwarded-For": client, "X-Forwarded-Proto": proto})
+
+    with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
+        statuses = list(pool.map(lambda i: via_proxy(f"guess-{i:04d}-{'y' * 20}", guesser).status, range(40)))
+    assert statuses.count(401) == MAX_FAILURES and statuses.count(429) == 40 - MAX_FAILURES
+    assert via_proxy(TOKEN, guesser).status == 429
+    assert via_proxy(TOKEN, f"198.51.100.7, {guesser}").status == 429  # its own header value does not count
+    served = via_proxy(TOKEN, operator, proto="https")
+    assert served.status == 200  # the proxy's other clients are not locked out
+    assert served.headers["strict-transport-security"] == "max-age=31536000"
+    assert "strict-transport-security" not in via_proxy(TOKEN, operator).headers
 
 
 def sign_in_form(server: Server, source: str) -> tuple[str, str]:

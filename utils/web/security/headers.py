@@ -9,12 +9,18 @@
 * ``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer``.
 * ``Cache-Control: no-store`` on the dashboard and the API, which answer only
   signed-in or token-bearing callers: no shared or disk cache keeps them.
+* ``Strict-Transport-Security: max-age=ML_HSTS_SECONDS`` on responses to
+  HTTPS requests (0: never): a browser that saw it once will not send the
+  token or the session cookie over plain HTTP to this host again.  Behind a
+  TLS-terminating proxy a request is HTTPS only when ``ML_TRUSTED_PROXIES``
+  lets its ``X-Forwarded-Proto`` count (:mod:`.proxy`).  Not for subdomains:
+  the hotel's other hosts are not ours to pin.
 """
 from __future__ import annotations
 
 import secrets
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from werkzeug.wrappers import Response
 
 NO_STORE_BLUEPRINTS = ("dashboard", "ml_api")
@@ -55,6 +61,9 @@ def add_security_headers(response: Response) -> Response:
         response.headers["Content-Security-Policy"] = html_policy(request.environ.get(_NONCE_KEY)) if html else NOTHING
     if request.blueprint in NO_STORE_BLUEPRINTS:
         response.headers["Cache-Control"] = "no-store"
+    hsts = int(current_app.config.get("ML_HSTS_SECONDS", 0))
+    if hsts > 0 and request.is_secure:
+        response.headers.setdefault("Strict-Transport-Security", f"max-age={hsts}")
     return response
 
 
