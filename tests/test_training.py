@@ -42,7 +42,7 @@ def test_trains_one_active_pipeline_per_metric_type_with_labelled_metrics(app_ct
         assert window["days"] == 60 and window["samples"] == r["samples"]
         assert row.parameters["feature_version"] == 2 and row.parameters["detector"] == "causal_per_entity"
         assert row.parameters["settings"]["contamination"] == 0.02
-        assert row.parameters["settings"]["false_alerts_per_entity_day"] == 0.002
+        assert row.parameters["settings"]["false_alerts_per_entity_day"] == 0.003
         assert row.parameters["labels"]["anomaly"] > 0
 
     # The saved file is the causal per-entity detector (feature version 2), usable after a reload.

@@ -112,7 +112,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ML_MIN_TRAIN_SAMPLES", _int(2), 50, "fewer observations: the metric type is skipped"),
     Setting("ML_CONTAMINATION", _float(0.0001, 0.49), 0.02,
             "calibration target: the share of each entity's window that anchors its tail (not an alert quota)"),
-    Setting("ML_FALSE_ALERTS_PER_ENTITY_DAY", _float(0.00001, 0.99), 0.002,
+    Setting("ML_FALSE_ALERTS_PER_ENTITY_DAY", _float(0.00001, 0.99), 0.003,
             "alert budget the per-entity thresholds are calibrated to on normal data"),
     Setting("ML_N_ESTIMATORS", _int(10), 100, "trees of each metric type's Isolation Forest"),
     Setting("ML_SCAN_BATCH_SIZE", _int(100), 20000, "observations scored per scan transaction"),
