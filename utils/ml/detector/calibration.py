@@ -89,8 +89,9 @@ def _pooled_shape(q: np.ndarray, beta: np.ndarray, exceedances: np.ndarray,
     quantile is well estimated; the tail's *shape* relative to it is much the
     same across a metric's entities.  So ``beta`` becomes
     ``(k beta + K ratio q) / (k + K)``, ``k`` = the entity's expected
-    exceedances, ``K`` = ``shrink_k``: an entity with a genuinely heavier tail
-    and plenty of exceedances keeps most of its own.  Where fewer than
+    exceedances, ``K`` = ``shrink_k``: an hourly entity (k about 29) keeps its
+    own quantile and about half its own scale, so a genuinely heavier tail
+    still gives a higher limit.  Where fewer than
     ``TAIL_POOL_MIN_ENTITIES`` entities have ``TAIL_POOL_MIN_EXCEEDANCES``
     (a metric of daily counts), or ``q`` is not positive, ``beta`` is left as it is.
     """
