@@ -23,7 +23,8 @@ or a refill time has no row at the same time the day before.  Where there is
 no such row (a missing hour, the first day), and in models saved before the
 view (``EntityStats.scale_day`` is None), the deviation is judged as before.
 
-Measured (walk-forward on the simulator, default settings, daily retraining,
+Measured (walk-forward on the simulator, then-default settings: budget 0.002, before
+the pooled tail shape of :mod:`calibration`; daily retraining,
 :mod:`utils.ml.evaluation`).  ``VETO`` was chosen on seeds 1-5: 0 -> 278 of
 342 events at P 0.77, 0.25 -> 277 at 0.77, **0.5 -> 276 at 0.79**, 1 -> 273
 at 0.78, 1.5 -> 232 at 0.83; without the view 274 at 0.78.  With 0.5, on the
