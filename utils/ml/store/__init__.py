@@ -9,7 +9,8 @@
 * :mod:`.integrity` — size, containment and SHA-256 checks before any unpickle,
   reads retried on transient errors, library versions;
 * :mod:`.cache` — the bounded, thread-safe cache of loaded models;
-* :mod:`.registry` — metadata queries, the save transaction and *the* activation function;
+* :mod:`.registry` — the save transaction and *the* activation function (re-exports the reads);
+* :mod:`.queries` — metadata reads: the active version's row, describe, list, model_info;
 * :mod:`.retention` — cleanup of old versions, orphan and temporary files;
 * :mod:`.legacy` — the BLOB models of the original application;
 * :mod:`.catalog` — one version in full and the activation audit trail.
