@@ -1,11 +1,12 @@
 """``flask ml demo-data | import-metrics | train | scan``: the anomaly pipeline from a shell.
 
 A thin layer over :mod:`utils.ml.pipeline.demo_data`,
-:mod:`utils.ml.pipeline.observations` and the job runner: ``train`` and
-``scan`` run the ``train_models`` and ``anomaly_scan`` jobs exactly as the
-API and the scheduler do (one recorded run each, trigger ``cli``; refused
-while the same job runs anywhere) and print the run's result.  Failures exit
-1 with one line on stderr (:func:`utils.cli.cli_error`).
+:mod:`utils.ml.pipeline.observations`, :mod:`utils.ml.pipeline.csv_import`
+and the job runner: ``train`` and ``scan`` run the ``train_models`` and
+``anomaly_scan`` jobs exactly as the API and the scheduler do (one recorded
+run each, trigger ``cli``; refused while the same job runs anywhere) and print
+the run's result.  Failures exit 1 with one line on stderr
+(:func:`utils.cli.cli_error`).
 """
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ def import_metrics_command(csv_file: str) -> None:
     Header row required: metric_type, entity_id, metric_value, timestamp
     (ISO 8601; no zone = UTC) and optionally extra_data (a JSON object).
     """
-    from utils.ml.pipeline.observations import import_csv
+    from utils.ml.pipeline.csv_import import import_csv
 
     count = import_csv(csv_file)
     click.echo(f"Imported {count} observations from {csv_file}")

@@ -1,6 +1,7 @@
 """The anomaly pipeline: observations in, models trained, observations scored, alerts out.
 
 * :mod:`.observations` — validating and writing what the hotel app measures;
+* :mod:`.csv_import` — the same from a CSV file (``flask ml import-metrics``);
 * :mod:`.features` — the model's features (``utils.ml.features`` re-exports them for old pickles);
 * :mod:`.batch` — detection input as arrays;
 * :mod:`.scoring` — a model (or the robust Z-score) plus observations -> scores, for training and detection;

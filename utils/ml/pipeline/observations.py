@@ -8,7 +8,8 @@ API, ``flask ml import-metrics``, the demo data) goes through this module:
 * :func:`ingest_observations` validates *every* item before writing any, so a
   bad batch changes nothing, and raises :class:`ObservationValidationError`
   whose ``errors`` name the item, the field and the rule;
-* :func:`import_csv` does the same for a CSV file, naming line and column;
+* :func:`~utils.ml.pipeline.csv_import.import_csv` (in :mod:`.csv_import`,
+  still importable from here) does the same for a CSV file, naming line and column;
 * :func:`bulk_insert` is the fast Core ``INSERT`` of many rows used by all three.
 
 The ML subsystem writes its own figures to the same table (for instance
@@ -18,12 +19,9 @@ scanned.
 """
 from __future__ import annotations
 
-import csv
 import json
-import math
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Annotated, Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Annotated, Any, Iterable, Mapping, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, ValidationError, field_validator
 from typing_extensions import TypeAliasType
@@ -42,8 +40,9 @@ STOK_SEVIYE = "stok_seviye"
 TUKETIM_MIKTAR = "tuketim_miktar"
 DOLUM_SURE = "dolum_sure"
 
+# The fields of an observation: the CSV header's columns, and the allowed
+# fields an "unknown field" rule lists.
 CSV_COLUMNS = ("metric_type", "entity_id", "metric_value", "timestamp", "extra_data")
-_REQUIRED_CSV_COLUMNS = ("metric_type", "metric_value", "timestamp")
 # Rows per INSERT statement: large enough to be fast, small enough to keep the
 # statement (and its parameters) modest in memory.
 INSERT_CHUNK = 5000
@@ -88,7 +87,8 @@ class ObservationValidationError(InvalidInput):
 
     ``errors`` is a list of dicts: ``{"index", "field", "rule"}`` for
     :func:`ingest_observations`, ``{"line", "column", "rule"}`` for
-    :func:`import_csv`; ``field`` and ``rule`` are the first one's.
+    :func:`~utils.ml.pipeline.csv_import.import_csv`; ``field`` and ``rule``
+    are the first one's.
     """
 
     def __init__(self, errors: list[dict[str, Any]], message: Optional[str] = None) -> None:
@@ -180,10 +180,12 @@ def check_observed_metric_type(metric_type: Any, never: str) -> str:
 
 
 def _rule(error: Mapping[str, Any]) -> str:
+    """The rule a pydantic error broke, in words (shared with :mod:`.csv_import`)."""
     return rule_text(error, unknown=f"unknown field (allowed: {', '.join(CSV_COLUMNS)})")
 
 
 def _field(error: Mapping[str, Any]) -> str:
+    """Where a pydantic error is, dotted (``extra_data.key``); ``item`` for the whole item."""
     loc = error.get("loc") or ()
     return ".".join(str(part) for part in loc) or "item"
 
@@ -251,103 +253,15 @@ def ingest_observations(items: list[dict[str, Any]], *, max_items: int = 10000) 
     return bulk_insert(obs.to_row() for obs in valid)
 
 
-def _csv_value(column: str, raw: Optional[str]) -> Any:
-    """Turn a CSV cell into what :class:`ObservationIn` validates; raise ValueError with the rule."""
-    text = (raw or "").strip()
-    # PostgreSQL text cannot hold U+0000: say so, rather than a parser's "control character".
-    if "\x00" in text:
-        raise ValueError(NUL_RULE)
-    if column == "entity_id":
-        if text == "":
-            return None
-        try:
-            return int(text)
-        except ValueError:
-            raise ValueError(f"must be a whole number >= 0 or empty (got {text!r})") from None
-    if column == "metric_value":
-        if text == "":
-            raise ValueError("is required")
-        try:
-            number = float(text)
-        except ValueError:
-            raise ValueError(f"must be a number (got {text!r})") from None
-        if not math.isfinite(number):
-            raise ValueError(f"must be a finite number (got {text!r})")
-        return number
-    if column == "extra_data":
-        if text == "":
-            return None
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"must be a JSON object ({exc.msg})") from None
-        if not isinstance(value, dict):
-            raise ValueError("must be a JSON object")
-        return value
-    if text == "" and column in _REQUIRED_CSV_COLUMNS:
-        raise ValueError("is required")
-    return text
 
+def __getattr__(name: str) -> Any:
+    """``import_csv``, which moved to :mod:`utils.ml.pipeline.csv_import`, for its old import path.
 
-def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Optional[str]]]]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        missing = [c for c in _REQUIRED_CSV_COLUMNS if c not in header]
-        unknown = [c for c in header if c not in CSV_COLUMNS]
-        if missing or unknown:
-            errors = [{"line": 1, "column": c, "rule": "required column is missing from the header"} for c in missing]
-            errors += [{"line": 1, "column": c, "rule": f"unknown column (allowed: {', '.join(CSV_COLUMNS)})"}
-                       for c in unknown]
-            raise ObservationValidationError(errors)
-        for record in reader:
-            # line_num is the physical line of the record's end, right for one-line records.
-            yield reader.line_num, record
-
-
-def import_csv(path: str | Path, *, max_errors: int = 100) -> int:
-    """Import observations from a CSV file with a header row; return how many were written.
-
-    Columns: ``metric_type, entity_id, metric_value, timestamp[, extra_data]``
-    (``extra_data`` a JSON object).  Every row is validated first; if any is
-    bad, :class:`ObservationValidationError` lists up to ``max_errors``
-    problems as ``{"line", "column", "rule"}`` and nothing is written.
+    Looked up on first use rather than imported at the top: ``csv_import``
+    builds on this module, so either of the two may be imported first.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ObservationValidationError([{"line": None, "column": None, "rule": f"file {str(path)!r} does not exist"}],
-                                         message=f"{path}: no such file")
-    rows: list[dict[str, Any]] = []
-    errors: list[dict[str, Any]] = []
-    try:
-        for line, record in _read_csv(path):
-            if None in record:  # DictReader files surplus cells under the key None
-                errors.append({"line": line, "column": None, "rule": "more cells than header columns"})
-                continue
-            parsed: dict[str, Any] = {}
-            row_ok = True
-            for column in CSV_COLUMNS:
-                if column not in record:
-                    continue
-                try:
-                    parsed[column] = _csv_value(column, record[column])
-                except ValueError as exc:
-                    errors.append({"line": line, "column": column, "rule": str(exc)})
-                    row_ok = False
-            if row_ok:
-                try:
-                    rows.append(ObservationIn.model_validate(parsed).to_row())
-                except ValidationError as exc:
-                    errors.extend({"line": line, "column": _field(e), "rule": _rule(e)} for e in exc.errors())
-            if len(errors) >= max_errors:
-                break
-    except UnicodeDecodeError as exc:
-        raise ObservationValidationError([{"line": None, "column": None, "rule": f"file is not UTF-8 ({exc.reason})"}])
-    except csv.Error as exc:
-        raise ObservationValidationError([{"line": None, "column": None, "rule": f"not a valid CSV file ({exc})"}])
-    if errors:
-        raise ObservationValidationError(errors[:max_errors])
-    if not rows:
-        raise ObservationValidationError([{"line": None, "column": None, "rule": "the file has no data rows"}],
-                                         message=f"{path}: the file has no data rows")
-    return bulk_insert(rows)
+    if name == "import_csv":
+        from utils.ml.pipeline.csv_import import import_csv
+
+        return import_csv
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
