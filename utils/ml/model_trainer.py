@@ -35,6 +35,10 @@ days (internal figures such as ``model_load_time`` excluded):
    (``promote="never"``) or holds it (a pin), recording the decision.
 
 Labels are never used for fitting: the detector stays unsupervised.
+
+The window is read by :mod:`utils.ml.pipeline.training_window`; the held-out
+evaluation and the saved ``parameters`` are built by
+:mod:`utils.ml.pipeline.training_record`.
 """
 from __future__ import annotations
 
@@ -45,18 +49,15 @@ from datetime import datetime, timedelta
 from typing import Any, Optional
 
 import numpy as np
-from sqlalchemy import select
-from sqlalchemy.exc import DataError
 
 from utils.ml import events
 from utils.ml.jobs.interrupt import JobInterrupted, checkpoint
-from utils.ml.pipeline import bad_rows
+from utils.ml.pipeline import bad_rows, training_record, training_window
 from utils.ml.detector import model as causal_detector
-from utils.ml.pipeline.batch import ObservationBatch
 from utils.ml.pipeline.features import MODEL_TYPE
 from utils.ml.pipeline.history import entity_codes
-from utils.ml.pipeline.observations import INTERNAL_METRIC_TYPES, check_observed_metric_type
-from utils.ml.pipeline.scoring import score_causal, score_window
+from utils.ml.pipeline.observations import check_observed_metric_type
+from utils.ml.pipeline.scoring import score_window
 from utils.ml.pipeline.training_data import (  # noqa: F401 (re-exported)
     _LABEL_CODES,
     HOLDOUT_FRACTION,
@@ -68,8 +69,7 @@ from utils.ml.pipeline.training_data import (  # noqa: F401 (re-exported)
 )
 from utils.ml.promotion.decide import check_mode, decide
 from utils.ml.promotion.gate import GateSettings, budget_rate
-from utils.ml.promotion.fingerprint import KEY as FINGERPRINT_KEY, fingerprint, version_with
-from utils.models import MLAlert, MLMetric
+from utils.ml.promotion.fingerprint import fingerprint, version_with
 from utils.settings import current
 from utils.time import as_utc, utcnow
 
@@ -108,45 +108,14 @@ class ModelTrainer:
         return self.db.session
 
     # ---------------------------------------------------------------- data
+    # Methods, not bare calls to utils.ml.pipeline.training_window, so a subclass or a test can replace them.
     def metric_types(self, since: datetime) -> list[str]:
         """Metric types with observations since ``since``, internal figures excluded."""
-        rows = self.session.execute(
-            select(MLMetric.metric_type).where(
-                MLMetric.timestamp >= since, MLMetric.metric_type.not_in(INTERNAL_METRIC_TYPES)
-            ).distinct().order_by(MLMetric.metric_type)
-        ).scalars().all()
-        return list(rows)
+        return training_window.metric_types(self.session, since)
 
     def newest(self, metric_type: str, until: datetime) -> Optional[datetime]:
         """The time of the newest observation of ``metric_type`` at or before ``until``."""
-        value = self.session.execute(
-            select(MLMetric.timestamp).where(MLMetric.metric_type == metric_type, MLMetric.timestamp <= until)
-            .order_by(MLMetric.timestamp.desc()).limit(1)
-        ).scalar_one_or_none()
-        return as_utc(value) if value is not None else None
-
-    def _rows(self, metric_type: str, since: datetime, until: datetime) -> list[Any]:
-        """(id, entity_id, metric_value, timestamp, label) of the window, in time order.
-
-        The label is read in SQL (``->>``); a legacy ``json`` column holding a
-        NUL makes that conversion fail for the whole query, so the rows are
-        then read again with the raw document and the label taken in Python.
-        """
-        where = (MLMetric.metric_type == metric_type, MLMetric.timestamp >= since, MLMetric.timestamp <= until)
-        order = (MLMetric.timestamp, MLMetric.id)
-        label = MLMetric.extra_data["label"].as_string()
-        try:
-            return list(self.session.execute(
-                select(MLMetric.id, MLMetric.entity_id, MLMetric.metric_value, MLMetric.timestamp, label)
-                .where(*where).order_by(*order)).all())
-        except DataError:
-            self.session.rollback()
-            logger.warning("labels of %s cannot be read in SQL (a NUL in extra_data?); reading them row by row",
-                           metric_type)
-        rows = self.session.execute(
-            select(MLMetric.id, MLMetric.entity_id, MLMetric.metric_value, MLMetric.timestamp, MLMetric.extra_data)
-            .where(*where).order_by(*order)).all()
-        return [(r[0], r[1], r[2], r[3], bad_rows.label_of(r[4])) for r in rows]
+        return training_window.newest(self.session, metric_type, until)
 
     def load(self, metric_type: str, since: datetime, until: Optional[datetime] = None) -> TrainingData:
         """The window's observations of ``metric_type`` (time order) with their labels.
@@ -154,21 +123,7 @@ class ModelTrainer:
         Rows no model can use (non-finite value, no timestamp) are dropped and
         counted in ``bad_rows``, so one bad row never fails the metric type.
         """
-        rows, dropped = bad_rows.finite_rows(self._rows(metric_type, since, until or utcnow()), 2, 3)
-        n = len(rows)
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
-        entities = np.fromiter((np.nan if r[1] is None else r[1] for r in rows), dtype=float, count=n)
-        values = np.fromiter((r[2] for r in rows), dtype=float, count=n)
-        labels = np.fromiter((_LABEL_CODES.get(r[4], LABEL_UNKNOWN) for r in rows), dtype=np.int8, count=n)
-        false_positive_ids = np.asarray(self.session.execute(
-            select(MLAlert.observation_id).where(
-                MLAlert.metric_type == metric_type, MLAlert.is_false_positive.is_(True),
-                MLAlert.observation_id.is_not(None),
-            )
-        ).scalars().all(), dtype=np.int64)
-        marked = np.isin(ids, false_positive_ids) if false_positive_ids.size else np.zeros(n, dtype=bool)
-        labels[marked] = LABEL_NORMAL  # an operator said so: that overrides any other label
-        return TrainingData(ids, entities, values, [r[3] for r in rows], labels, int(marked.sum()), dropped)
+        return training_window.load_window(self.session, metric_type, since, until)
 
     # ------------------------------------------------------------ training
     def settings(self) -> causal_detector.DetectorSettings:
@@ -182,28 +137,7 @@ class ModelTrainer:
                                      self.settings(), now=now)
 
     def _evaluate_on_holdout(self, data: TrainingData) -> dict[str, Any]:
-        n = len(data)
-        split = int(n * (1 - HOLDOUT_FRACTION))
-        info: dict[str, Any] = {"method": "time_split", "holdout_fraction": HOLDOUT_FRACTION,
-                                "train_samples": split, "holdout_samples": n - split}
-        holdout_labels = data.labels[split:]
-        if not np.any(holdout_labels >= 0):
-            info.update(method=None, reason="no labelled observations in the held-out (newest) part of the window")
-            return info
-        epoch = data.epoch
-        model = self._fit(data, split, float(epoch[split])) if split >= 2 else None
-        if model is None:
-            info.update(method=None, reason="too few observations before the held-out part to fit a model")
-            return info
-        info["split_at"] = as_utc(data.timestamps[split]).isoformat()
-        codes = entity_codes(data.entity_ids)
-        batch = ObservationBatch.from_arrays(data.values[split:], data.entity_ids[split:], timestamps=epoch[split:])
-        history = (codes[:split], epoch[:split], data.values[:split])
-        predicted = score_causal(model, batch, history).is_anomaly
-        info.update(evaluate(predicted, holdout_labels))
-        info["note"] = ("metrics of a model fitted on the older part, judged causally on the newer; "
-                        "the saved model is refitted on the whole window")
-        return info
+        return training_record.evaluate_on_holdout(data, self._fit)  # self._fit: a subclass's fit is judged
 
     def _skip(self, result: dict[str, Any], metric_type: str, reason: str, samples: int, started: float,
               code: str) -> dict[str, Any]:
@@ -269,27 +203,10 @@ class ModelTrainer:
             return self._skip(result, metric_type, f"fewer than {self.settings().min_samples} "
                               "observations with enough earlier ones of their entity", len(data), started,
                               "min_samples")
-        entities = int(np.unique(data.entity_ids[~np.isnan(data.entity_ids)]).size)
-        labels = {"anomaly": int(np.sum(data.labels == LABEL_ANOMALY)),
-                  "normal": int(np.sum(data.labels == LABEL_NORMAL)),
-                  "false_positive_alerts": data.false_positives}
-        parameters = {
-            "feature_version": causal_detector.FEATURE_VERSION,
-            "detector": "causal_per_entity",
-            "settings": dict(model.settings),
-            "usable_samples": model.samples,
-            "entities_with_state": int(model.stats.ids.size),
-            "window": {
-                "days": self.window_days, "start": since.isoformat(), "end": now.isoformat(),
-                "first_observation": as_utc(data.timestamps[0]).isoformat(),
-                "last_observation": as_utc(data.timestamps[-1]).isoformat(),
-                "samples": len(data), "entities": entities, "max_observation_id": int(data.ids.max()),
-            },
-            "labels": labels,
-            "evaluation": evaluation,
-            FINGERPRINT_KEY: data_print,
-            "fit_seconds": round(time.perf_counter() - started, 3),
-        }
+        entities = training_record.entity_count(data)
+        parameters = training_record.model_parameters(
+            model, data, evaluation, window_days=self.window_days, since=since, end=now, entities=entities,
+            data_print=data_print, started=started)
         scores = {k: evaluation.get(k) for k in ("accuracy", "precision", "recall")}
         row = self.model_manager.save_model(
             model, MODEL_TYPE, metric_type, scores["accuracy"], scores["precision"], scores["recall"],

@@ -8,7 +8,9 @@
 * :mod:`.detection` — the fallback chain file -> database BLOB -> Z-score;
 * :mod:`.scan` — scoring what arrived since the last scan, one alert per anomaly;
 * :mod:`.alerts` — listing alerts, marking them read or false positive;
-* :mod:`.demo_data` — a realistic demo hotel with labelled anomalies.
+* :mod:`.demo_data` — a realistic demo hotel with labelled anomalies;
+* :mod:`.training_window`, :mod:`.training_data`, :mod:`.training_record` — the trainer's window read from
+  the database, as arrays, and what a training run records about its model (evaluation, parameters).
 
 Training is :mod:`utils.ml.model_trainer`, on-demand detection :mod:`utils.ml.anomaly_detector`.
 """
