@@ -68,6 +68,11 @@ def _not_a_number(value: Any) -> Any:
 
 QueryDatetime = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_utc)]
 
+# The audit trail's who and why (activations, jobs).  Printable text only: these strings end up in the audit table.
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_PRINTABLE)]
+Actor = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")]
+
 
 class BodyModel(BaseModel):
     """A JSON request body: strict types, no unknown fields, finite numbers."""
