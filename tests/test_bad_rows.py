@@ -13,7 +13,8 @@ from tests.pipeline_helpers import count, unlabelled_series
 from utils.extensions import db
 from utils.ml.jobs import TRIGGER_CLI, run_job_now
 from utils.ml.model_trainer import train_models
-from utils.ml.pipeline.observations import ObservationValidationError, import_csv, ingest_observations
+from utils.ml.pipeline.csv_import import import_csv
+from utils.ml.pipeline.observations import ObservationValidationError, ingest_observations
 from utils.ml.pipeline.scan import run_scan
 from utils.models import MLAlert, MLMetric
 from utils.time import utcnow

@@ -8,7 +8,8 @@ import pytest
 
 from tests.pipeline_helpers import count, small_hotel
 from utils.extensions import db
-from utils.ml.pipeline.observations import ObservationValidationError, import_csv, ingest_observations
+from utils.ml.pipeline.csv_import import import_csv
+from utils.ml.pipeline.observations import ObservationValidationError, ingest_observations
 from utils.models import MLMetric
 from utils.time import as_utc
 

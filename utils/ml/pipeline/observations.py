@@ -8,8 +8,8 @@ API, ``flask ml import-metrics``, the demo data) goes through this module:
 * :func:`ingest_observations` validates *every* item before writing any, so a
   bad batch changes nothing, and raises :class:`ObservationValidationError`
   whose ``errors`` name the item, the field and the rule;
-* :func:`~utils.ml.pipeline.csv_import.import_csv` (in :mod:`.csv_import`,
-  still importable from here) does the same for a CSV file, naming line and column;
+* :func:`~utils.ml.pipeline.csv_import.import_csv` (in :mod:`.csv_import`)
+  does the same for a CSV file, naming line and column;
 * :func:`bulk_insert` is the fast Core ``INSERT`` of many rows used by all three.
 
 The ML subsystem writes its own figures to the same table (for instance
@@ -251,17 +251,3 @@ def ingest_observations(items: list[dict[str, Any]], *, max_items: int = 10000) 
     """
     valid = validate_observations(items, max_items=max_items)
     return bulk_insert(obs.to_row() for obs in valid)
-
-
-
-def __getattr__(name: str) -> Any:
-    """``import_csv``, which moved to :mod:`utils.ml.pipeline.csv_import`, for its old import path.
-
-    Looked up on first use rather than imported at the top: ``csv_import``
-    builds on this module, so either of the two may be imported first.
-    """
-    if name == "import_csv":
-        from utils.ml.pipeline.csv_import import import_csv
-
-        return import_csv
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
