@@ -21,16 +21,24 @@ WRONG = {"Authorization": "Bearer " + "w" * 30}
 RIGHT = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def make(database_url, models_dir, **overrides):
+@pytest.fixture
+def make(database_url, models_dir):
+    """Build an app with the default authentication limits and these overrides; each is disposed at teardown."""
+    made = []
     limits = {k: default_of(k) for k in ("ML_AUTH_MAX_FAILURES", "ML_AUTH_WINDOW_SECONDS", "ML_AUTH_LOCKOUT_SECONDS")}
-    return dbutil.make_app(database_url, models_dir, ML_ADMIN_TOKEN=TOKEN, **{**limits, **overrides})
+
+    def build(**overrides):
+        made.append(dbutil.make_app(database_url, models_dir, ML_ADMIN_TOKEN=TOKEN, **{**limits, **overrides}))
+        return made[-1]
+
+    yield build
+    for app in made:  # also after a failed assertion: no engine outlives its test database
+        dbutil.dispose(app)
 
 
 @pytest.fixture
-def proxied(database_url, models_dir):
-    app = make(database_url, models_dir, ML_TRUSTED_PROXIES=1)
-    yield app
-    dbutil.dispose(app)
+def proxied(make):
+    return make(ML_TRUSTED_PROXIES=1)
 
 
 def get(client, headers, peer=PROXY, forwarded_for=None, proto=None):
@@ -56,13 +64,12 @@ def test_each_client_behind_a_trusted_proxy_has_its_own_counter(proxied):
     assert get(client, RIGHT, forwarded_for=f"{CLIENT_B}, {CLIENT_A}").status_code == 429
 
 
-def test_without_trusted_proxies_every_client_behind_the_proxy_shares_one_counter(database_url, models_dir):
-    app = make(database_url, models_dir)  # ML_TRUSTED_PROXIES: its default, 0
+def test_without_trusted_proxies_every_client_behind_the_proxy_shares_one_counter(make):
+    app = make()  # ML_TRUSTED_PROXIES: its default, 0
     assert app.config["ML_TRUSTED_PROXIES"] == 0
     client = app.test_client()
     lock_out(client, app.config["ML_AUTH_MAX_FAILURES"], forwarded_for=CLIENT_A)
     assert get(client, RIGHT, forwarded_for=CLIENT_B).status_code == 429  # the proxy's counter is everyone's
-    dbutil.dispose(app)
 
 
 def test_a_public_peer_reached_gunicorn_directly_and_cannot_name_its_address(proxied):
@@ -74,7 +81,7 @@ def test_a_public_peer_reached_gunicorn_directly_and_cannot_name_its_address(pro
     assert get(client, RIGHT, forwarded_for=peer).status_code == 429  # the same client through the proxy
 
 
-def test_hsts_on_https_only(proxied, database_url, models_dir):
+def test_hsts_on_https_only(proxied, make):
     client = proxied.test_client()
     secure = get(client, RIGHT, forwarded_for=CLIENT_B, proto="https")
     assert secure.status_code == 200
@@ -84,9 +91,8 @@ def test_hsts_on_https_only(proxied, database_url, models_dir):
     assert "Strict-Transport-Security" not in get(client, RIGHT, peer="93.184.216.98", proto="https").headers
     direct = client.get("/health", base_url="https://localhost")
     assert direct.headers["Strict-Transport-Security"].startswith("max-age=")
-    off = make(database_url, models_dir, ML_TRUSTED_PROXIES=1, ML_HSTS_SECONDS=0)
+    off = make(ML_TRUSTED_PROXIES=1, ML_HSTS_SECONDS=0)
     assert "Strict-Transport-Security" not in get(off.test_client(), RIGHT, proto="https").headers
-    dbutil.dispose(off)
 
 
 @pytest.mark.parametrize("address, expected", [
