@@ -2,13 +2,16 @@
 
 Every check reads the real result: the objects on the server (through its
 own client), the files on disk, the rows in the database.  The resume test
-SIGKILLs the S3 server while the command (a real process) is copying.
+SIGKILLs the S3 server while the command (a real process, frozen for that moment) is copying.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ from sqlalchemy import insert, select
 
 from tests import dbutil
 from tests.ml_helpers import make_model, scores
-from tests.procutil import ROOT, base_env, start, stop_group, wait_until
+from tests.procutil import ROOT, base_env, start, stop_group, tail
 from tests.s3_helpers import aws, bucket, no_ambient_aws, server  # noqa: F401  (fixtures)
 from tests.s3_helpers import cache_files, model_objects, s3_app, top_level_models
 from tests.s3server import running_server
@@ -203,8 +206,17 @@ def test_a_copy_cut_short_by_a_killed_s3_server_is_finished_by_running_it_again(
         log = tmp_path / "first.log"
         first = start(command, env, log)
         try:
-            wait_until(lambda: copied(), 60, "the first object in the bucket", [first], [log])
-            srv.kill()  # SIGKILL, midway
+            # Polled every 5 ms, then the command is frozen before the server dies: at wait_until's 0.2 s
+            # an idle machine once copied all six objects between the first one landing and the kill.
+            deadline = time.monotonic() + 60
+            while not copied():
+                assert first.poll() is None and time.monotonic() < deadline, tail([log])
+                time.sleep(0.005)
+            os.killpg(first.pid, signal.SIGSTOP)  # nothing more lands while the server is killed
+            try:
+                srv.kill()  # SIGKILL, midway
+            finally:
+                os.killpg(first.pid, signal.SIGCONT)
             assert first.wait(timeout=90) == 1
         finally:
             stop_group(first)
