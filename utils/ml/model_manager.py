@@ -32,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from utils.ml import events
 from utils.ml.store import (ModelManagerError, ModelStore, ModelStoreError, ModelTooLargeError,
                             ModelValidationError, open_store)
-from utils.ml.store import legacy, registry, retention
+from utils.ml.store import legacy, queries, registry, retention
 from utils.ml.store.cache import ModelCache
 from utils.ml.store.integrity import LoadOutcome, finish_load, read_verified, serialize, verify_file
 from utils.ml.store.legacy import INCOMPATIBLE
@@ -127,8 +127,8 @@ class ModelManager:
         """Disk figures of the store: total_gb, used_gb, free_gb, percent (warns past the threshold)."""
         return retention.check_disk_space(self.store, self.disk_warn_percent)
 
-    def _active_meta(self, model_type: str, metric_type: str) -> Optional[registry.ActiveMeta]:
-        return registry.active_meta(self.session, model_type, metric_type)
+    def _active_meta(self, model_type: str, metric_type: str) -> Optional[queries.ActiveMeta]:
+        return queries.active_meta(self.session, model_type, metric_type)
 
     def _signal_activation(self) -> None:
         """Tell every process sharing the store that an active version changed."""
@@ -224,7 +224,7 @@ class ModelManager:
         if entry is not None:
             return self._usable(entry.model, entry.model_id, "cache", None, started, key)
         try:
-            meta = registry.active_meta(self.session, model_type, metric_type)
+            meta = queries.active_meta(self.session, model_type, metric_type)
         except SQLAlchemyError as exc:
             registry.rollback_quietly(self.session)
             stale = self._cache.get(key, token, fresh_only=False)
@@ -266,20 +266,20 @@ class ModelManager:
     # ---------------------------------------------------------------- metadata
     def describe(self, row: MLModel) -> dict[str, Any]:
         """Every metadata field of ``row``; never the bytes."""
-        return registry.describe(row, self.store)
+        return queries.describe(row, self.store)
 
     def list_models(self, model_type: Optional[str] = None, metric_type: Optional[str] = None,
                     active: Optional[bool] = None) -> list[dict[str, Any]]:
         """All versions (file-backed and legacy), newest first, optionally filtered."""
-        return registry.list_models(self.session, self.store, model_type, metric_type, active)
+        return queries.list_models(self.session, self.store, model_type, metric_type, active)
 
     def list_available_models(self) -> list[dict[str, Any]]:
         """File-backed models, newest first (keys: model_type, metric_type, path, size_kb, created_at, accuracy...)."""
-        return registry.list_models(self.session, self.store, files_only=True)
+        return queries.list_models(self.session, self.store, files_only=True)
 
     def get_model_info(self, model_type: str, metric_type: str) -> Optional[dict[str, Any]]:
         """The active version's metadata (the newest if none is active), or None."""
-        return registry.model_info(self.session, self.store, model_type, metric_type)
+        return queries.model_info(self.session, self.store, model_type, metric_type)
 
     # -------------------------------------------------------- cleanup, migrate
     def cleanup_old_models(self, keep_versions: int = 3) -> dict[str, Any]:

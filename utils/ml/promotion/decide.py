@@ -48,10 +48,10 @@ def check_mode(mode: Any) -> str:
 def _champion(manager: Any, model_type: str, metric_type: str,
               challenger_id: int) -> tuple[Optional[int], Any, str, Optional[str]]:
     """``(champion id, loaded model or None, why not loaded, reason code)``; (None, None, ...) when the type has none."""
-    from utils.ml.store import registry
+    from utils.ml.store import queries
 
     # Asked first: loading a type that has no active version would log a model_fallback warning.
-    if registry.active_meta(db.session, model_type, metric_type) is None:
+    if queries.active_meta(db.session, model_type, metric_type) is None:
         return None, None, "no active version", None
     outcome = manager.load_active(model_type, metric_type)
     if outcome.model_id is None or outcome.model_id == challenger_id:

@@ -5,8 +5,7 @@ the dashboard, a training's save), goes through :func:`switch_active`: it
 serialises activations of one (model_type, metric_type), writes the audit row
 with the version it replaces, and does nothing at all when the version is
 already the active one.  The reads (active_meta, describe, list_models,
-model_info) live in :mod:`.queries` and are re-exported here, so
-``registry.<name>`` keeps working for every caller.
+model_info) live in :mod:`.queries`.
 """
 from __future__ import annotations
 
@@ -29,16 +28,7 @@ from utils.ml.store.base import (
 )
 from utils.ml import events
 from utils.ml.store.integrity import library_versions, sha256_hex, verify_file
-# Re-exported: callers use registry.active_meta / describe / list_models / model_info.
-from utils.ml.store.queries import (  # noqa: F401
-    META_COLUMNS,
-    ActiveMeta,
-    active_meta,
-    describe,
-    list_models,
-    meta_query,
-    model_info,
-)
+from utils.ml.store.queries import meta_query
 from utils.ml.validation import MAX_ROW_ID, check_whole_number
 from utils.models import MLModel, ModelActivation
 from utils.time import utcnow
