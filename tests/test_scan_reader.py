@@ -18,7 +18,8 @@ from tests import dbutil
 from tests.pipeline_helpers import fresh_spikes, small_hotel
 from utils.extensions import db
 from utils.ml.model_trainer import train_models
-from utils.ml.pipeline.batch import BatchReader, ObservationBatch, ReadStopped, decode_packed
+from utils.ml.pipeline.batch import BatchReader, ObservationBatch, decode_packed
+from utils.ml.pipeline.producer import ReadStopped
 from utils.ml.pipeline.scan import run_scan
 from utils.models import MLAlert
 

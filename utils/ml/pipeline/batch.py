@@ -8,7 +8,6 @@ arrays scoring needs.  A value that is not a finite number is refused with
 """
 from __future__ import annotations
 
-import contextvars
 import math
 import queue
 import threading
@@ -19,6 +18,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from utils.ml.pipeline.features import observation_matrix
+from utils.ml.pipeline.producer import READ_TIMEOUT_MS, ReadStopped, put_polling, start_producer, stop_producer, \
+    take_polling
 from utils.ml.validation import InvalidInput
 
 
@@ -189,12 +190,6 @@ def decode_packed(data: Any) -> ObservationBatch:
                  rows["ts"].astype(float))
 
 
-# A page read on the reader's own connection may take at most this long
-# (an index range scan of ML_SCAN_BATCH_SIZE rows takes milliseconds).
-READ_TIMEOUT_MS = 60_000
-_POLL_SECONDS = 0.05  # how often a blocked reader or scan looks at the stop event
-
-
 class BatchReader:
     """A scan's pages (:func:`read_page`), read up to ``read_ahead`` pages ahead of the scan.
 
@@ -293,59 +288,3 @@ class BatchReader:
                     after = page.last_read_id
         except BaseException as exc:  # handed to the scan, which raises it where the page was wanted
             put((after, exc))
-
-
-class ReadStopped(Exception):
-    """The scan's stop event was set while it read."""
-
-    def __init__(self, metric_type: str) -> None:
-        super().__init__(f"reading {metric_type} stopped")
-        self.metric_type = metric_type
-
-
-def take_polling(items: "queue.Queue[Any]", thread: Optional[threading.Thread], stop: threading.Event,
-                 producer: str, metric_type: str) -> Any:
-    """The next item a producer thread queued; :class:`ReadStopped` once ``stop`` is set.
-
-    Looks at ``stop`` every ``_POLL_SECONDS``; a producer that ended without
-    queueing anything more is an error, never a wait forever.
-    """
-    while True:
-        if stop.is_set():
-            raise ReadStopped(metric_type)
-        try:
-            return items.get(timeout=_POLL_SECONDS)
-        except queue.Empty:
-            if thread is None or not thread.is_alive():
-                if not items.empty():
-                    continue
-                raise RuntimeError(f"{producer} ended without a result")
-
-
-def put_polling(items: "queue.Queue[Any]", item: Any, *stops: threading.Event) -> bool:
-    """Queue ``item``, waiting for a place; False (not queued) once any of ``stops`` is set."""
-    while not any(event.is_set() for event in stops):
-        try:
-            items.put(item, timeout=_POLL_SECONDS)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-def start_producer(target: Any, args: tuple[Any, ...], name: str) -> threading.Thread:
-    """Start ``target(*args)`` on a daemon thread in a copy of the caller's context.
-
-    The copy carries the job's database bounds (``utils.db_bounds``) onto the thread.
-    """
-    context = contextvars.copy_context()
-    thread = threading.Thread(target=context.run, args=(target, *args), name=name, daemon=True)
-    thread.start()
-    return thread
-
-
-def stop_producer(halt: threading.Event, thread: Optional[threading.Thread]) -> None:
-    """Tell a producer thread to stop and wait for it, at most ``READ_TIMEOUT_MS``."""
-    halt.set()
-    if thread is not None:
-        thread.join(READ_TIMEOUT_MS / 1000)

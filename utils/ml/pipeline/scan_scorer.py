@@ -46,9 +46,9 @@ from typing import Any, Optional
 import numpy as np
 
 from utils.extensions import db
-from utils.ml.pipeline.batch import BatchReader, ObservationBatch, put_polling, start_producer, stop_producer, \
-    take_polling
+from utils.ml.pipeline.batch import BatchReader, ObservationBatch
 from utils.ml.pipeline.history import History, HistoryCache, entity_codes
+from utils.ml.pipeline.producer import put_polling, start_producer, stop_producer, take_polling
 from utils.ml.pipeline.scoring import Scores, is_causal_model, score_causal
 
 logger = logging.getLogger(__name__)
