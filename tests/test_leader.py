@@ -18,9 +18,9 @@ from tests import dbutil
 from tests.ml_helpers import recorded_events, sql
 from utils.ml.jobs import leader
 from utils.ml.jobs.leader import LeaderElector
+from utils.ml.jobs.lease import LeaseLock
 from utils.ml.jobs.locks import (
     LEADER_LOCK_CLASS,
-    LeaseLock,
     PgAdvisoryLock,
     dedicated_engine,
     lock_key,

@@ -5,7 +5,8 @@
 * :mod:`.runner` — the one runner the CLI, the API and the scheduler all use
   (job lock, tick claim, a recorded run with its trigger);
 * :mod:`.records` — run rows in ``ml_job_runs``;
-* :mod:`.locks` — cross-process locks (PostgreSQL advisory locks, SQLite leases);
+* :mod:`.locks` — cross-process locks (PostgreSQL advisory locks; :func:`~.locks.make_lock` picks one);
+* :mod:`.lease` — the SQLite lease lock (a row that expires unless renewed);
 * :mod:`.leader` — scheduler leader election;
 * :mod:`.scheduler` — the APScheduler jobs of a process, started explicitly, never at import.
 """

@@ -10,10 +10,11 @@ Two lock flavours share one small interface (:class:`DistributedLock`):
   ``verify()`` asks ``pg_locks`` whether this session still holds it, so a
   connection killed by the server (``pg_terminate_backend``, a restart)
   means leadership lost, never a leader that only believes it leads.
-* **SQLite** (:class:`LeaseLock`): a row in ``ml_scheduler_leases`` with an
-  expiry, renewed by compare-and-set ``UPDATE`` statements (atomic in any
-  database, so no check-then-write race).  A dead holder stops renewing and
-  another process takes the row over once it has expired.
+* **SQLite** (:class:`~utils.ml.jobs.lease.LeaseLock`, in :mod:`.lease`): a
+  row in ``ml_scheduler_leases`` with an expiry, renewed by compare-and-set
+  ``UPDATE`` statements (atomic in any database, so no check-then-write
+  race).  A dead holder stops renewing and another process takes the row
+  over once it has expired.
 
 :class:`LockKeeper` keeps one held while a long task runs;
 :class:`~utils.ml.jobs.leader.LeaderElector` competes for one forever.
@@ -27,16 +28,13 @@ import threading
 import uuid
 import zlib
 from abc import ABC, abstractmethod
-from datetime import timedelta
 from typing import Any, Optional
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from utils.db_deadline import connection_classes
-from utils.models import SchedulerLease
-from utils.time import utcnow
 
 logger = logging.getLogger("ml.leader")
 
@@ -46,8 +44,6 @@ logger = logging.getLogger("ml.leader")
 LEADER_LOCK_CLASS = 0x4D4C5343
 JOB_LOCK_CLASS = 0x4D4C4A42
 LEADER_LOCK_NAME = "ml_scheduler"
-
-_LEASES = SchedulerLease.__table__
 
 
 def process_identity() -> str:
@@ -229,77 +225,12 @@ class PgAdvisoryLock(DistributedLock):
             return int(self._conn.execute(sa.text("SELECT pg_backend_pid()")).scalar())
 
 
-class LeaseLock(DistributedLock):
-    """A row in ``ml_scheduler_leases`` that expires unless renewed."""
-
-    needs_renewal = True
-
-    def __init__(self, engine: Engine, name: str, ttl_seconds: float, holder: Optional[str] = None) -> None:
-        super().__init__(name)
-        self.engine = engine
-        self.ttl = timedelta(seconds=ttl_seconds)
-        self.holder = holder or process_identity()
-
-    def _take(self) -> bool:
-        """Renew our lease, or take over an expired one, or create the row."""
-        now = utcnow()
-        expires = now + self.ttl
-        with self.engine.begin() as conn:
-            # One atomic compare-and-set: only the holder or a taker of an
-            # expired lease matches.  SET expressions see the old row, so the
-            # CASE keeps acquired_at across renewals.
-            renewed = conn.execute(
-                _LEASES.update()
-                .where(_LEASES.c.name == self.name)
-                .where(sa.or_(_LEASES.c.holder == self.holder, _LEASES.c.expires_at < now))
-                .values(
-                    holder=self.holder,
-                    expires_at=expires,
-                    acquired_at=sa.case((_LEASES.c.holder == self.holder, _LEASES.c.acquired_at), else_=now),
-                )
-            ).rowcount
-        if renewed == 1:
-            return True
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(_LEASES.insert().values(
-                    name=self.name, holder=self.holder, acquired_at=now, expires_at=expires))
-            return True
-        except IntegrityError:  # a live lease of someone else
-            return False
-
-    def try_acquire(self) -> bool:
-        with self._mutex:
-            try:
-                self.held = self._take()
-            except SQLAlchemyError as exc:
-                logger.warning("lease %s: acquire/renew failed: %s", self.name, one_line(exc))
-                self.held = False
-            return self.held
-
-    def verify(self) -> bool:
-        # Renewing is verifying: it succeeds only while the row is still ours
-        # (or expired and not yet taken by anyone else).
-        return self.try_acquire()
-
-    def release(self) -> None:
-        with self._mutex:
-            if self.held:
-                try:
-                    with self.engine.begin() as conn:
-                        conn.execute(_LEASES.delete().where(
-                            _LEASES.c.name == self.name, _LEASES.c.holder == self.holder))
-                except SQLAlchemyError as exc:  # it will expire on its own
-                    logger.warning("lease %s: release failed: %s", self.name, one_line(exc))
-            self.held = False
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "holder": self.holder, "ttl_s": self.ttl.total_seconds()}
-
-
 def make_lock(url: str, name: str, lock_class: int, lease_seconds: float,
               application_name: str = "ml-locks", keep_connection: bool = False) -> DistributedLock:
     """The right lock for the database at ``url``: advisory on PostgreSQL, a lease elsewhere."""
+    # Imported here: lease.py builds on this module (DistributedLock, one_line).
+    from utils.ml.jobs.lease import LeaseLock
+
     engine = dedicated_engine(url, application_name)
     if engine.dialect.name == "postgresql":
         return PgAdvisoryLock(engine, name, lock_class, keep_connection=keep_connection)
