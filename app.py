@@ -17,7 +17,8 @@ from flask import Flask
 
 from utils import db_bounds, db_deadline
 from utils.extensions import db, migrate
-from utils.settings import BASE_DIR, ConfigError, load_settings
+from utils.settings import BASE_DIR, ConfigError
+from utils.settings_load import load_settings
 
 # One module per concern, each with an ``init_app(app)`` hook (flaskr style).
 # Order matters only for logging, which is configured first.

@@ -16,7 +16,8 @@ import tempfile
 # gunicorn puts its working directory on sys.path; this file's directory is the project's.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from utils.settings import ConfigError, load_server_settings, load_settings  # noqa: E402
+from utils.settings import ConfigError  # noqa: E402
+from utils.settings_load import load_server_settings, load_settings  # noqa: E402
 
 try:
     load_settings(os.environ)

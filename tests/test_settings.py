@@ -19,7 +19,8 @@ import pytest
 from tests import dbutil
 from tests.procutil import ROOT, VENV_BIN, base_env, copy_tree
 from utils import settings
-from utils.settings import ConfigError, load_server_settings, load_settings
+from utils.settings import ConfigError
+from utils.settings_load import load_server_settings, load_settings
 
 BAD_VALUES = [
     ("ML_KEEP_VERSIONS", "abc", "config error: ML_KEEP_VERSIONS='abc': expected a whole number"),

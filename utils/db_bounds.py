@@ -86,7 +86,8 @@ def configure(config: Mapping[str, Any]) -> None:
 
 
 def _server_threads() -> int:
-    from utils.settings import ConfigError, load_server_settings
+    from utils.settings import ConfigError
+    from utils.settings_load import load_server_settings
 
     try:
         return int(load_server_settings(os.environ)["GUNICORN_THREADS"])

@@ -80,7 +80,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.timeout < 0 or args.interval <= 0:
         parser.error("--timeout must be >= 0 and --interval > 0")
 
-    from utils.settings import ConfigError, load_settings  # the one table of settings
+    from utils.settings import ConfigError
+    from utils.settings_load import load_settings  # the one table of settings
 
     try:
         url = load_settings(os.environ)["SQLALCHEMY_DATABASE_URI"]

@@ -1,11 +1,12 @@
 """Every setting of the service in one table: its variable, parser, default (stated once) and meaning.
 
 Settings are read when an app is created, not when a module is imported:
-``create_app()`` calls :func:`load_settings` over ``os.environ`` (its
+``create_app()`` calls :func:`utils.settings_load.load_settings` over ``os.environ`` (its
 ``test_config`` overrides), so an app built after the environment changed
 sees the new values.  ``gunicorn.conf.py`` and the quick start
 (``python -m utils.settings``) check the same table before anything starts,
-with :func:`load_server_settings` for the web server's own variables.
+with :func:`utils.settings_load.load_server_settings` for the web server's own
+variables.
 
 A bad value raises :class:`ConfigError`, whose ``line`` is the one line an
 operator sees (``config error: ML_KEEP_VERSIONS='abc': expected a whole
@@ -20,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from utils import settings_notify as N
 from utils.settings_parsers import (  # noqa: F401 (ConfigError, MIN_TOKEN_LENGTH: imported from here too)
@@ -254,63 +255,6 @@ FIXED: dict[str, Any] = {
 _BY_KEY = {setting.config_key: setting for setting in SETTINGS}
 
 
-def _load(settings: Iterable[Setting], environ: Mapping[str, str], given: Collection[str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for setting in settings:
-        if setting.config_key in given:
-            continue
-        raw = environ.get(setting.env)
-        if raw is None or raw.strip() == "":
-            default = setting.default
-            values[setting.config_key] = default.compute(values) if isinstance(default, Derived) else default
-        else:
-            values[setting.config_key] = setting.parse(setting.env, raw)
-    return values
-
-
-# Observations must outlive the training window by four whole weeks: the
-# oldest observation of a window still has weeks of history before it (what a
-# time-of-week baseline needs).  Closed alerts carry the false-positive labels
-# training reads over its window.
-_RETENTION_MARGIN_DAYS = {"ML_OBSERVATION_RETENTION_DAYS": 28, "ML_ALERT_RETENTION_DAYS": 0}
-
-
-def _check_together(values: Mapping[str, Any], environ: Mapping[str, str]) -> None:
-    """Rules between settings (each read from ``environ``); raises :class:`ConfigError`."""
-    if any(key.startswith("ML_NOTIFY_") for key in values):
-        # Keys a test config supplies itself are checked by utils.ml.notify.settings_for.
-        notify = {s.env: values.get(s.env, s.default) for s in SETTINGS if s.env.startswith("ML_NOTIFY_")}
-        try:
-            N.check_together(notify, environ)
-        except N.NotifyConfigError as exc:
-            raise ConfigError(exc.name, exc.raw, exc.rule, N.shown(exc.name, exc.raw)) from None
-    window = values.get("ML_TRAIN_WINDOW_DAYS", default_of("ML_TRAIN_WINDOW_DAYS"))
-    for key, margin in _RETENTION_MARGIN_DAYS.items():
-        days = values.get(key)
-        if days and days < window + margin:
-            raise ConfigError(key, environ.get(key, str(days)),
-                              f"must be 0 (keep everything) or at least ML_TRAIN_WINDOW_DAYS"
-                              f"{f' + {margin}' if margin else ''} ({window + margin})")
-
-
-def load_settings(environ: Mapping[str, str], *, given: Collection[str] = ()) -> dict[str, Any]:
-    """The app's configuration from ``environ``: every app setting by its config key, plus :data:`FIXED`.
-
-    ``given`` names config keys the caller supplies itself (a test config):
-    they are neither read nor checked.  Raises :class:`ConfigError` on the
-    first bad value.
-    """
-    values = dict(FIXED)
-    values.update(_load((s for s in SETTINGS if s.scope == "app"), environ, given))
-    _check_together(values, environ)
-    return values
-
-
-def load_server_settings(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The web server's settings (``PORT``, ``GUNICORN_*``); raises :class:`ConfigError`."""
-    return _load((s for s in SETTINGS if s.scope == "server"), environ, ())
-
-
 def default_of(key: str) -> Any:
     """The table's default of config key ``key`` (computed for a derived one)."""
     default = _BY_KEY[key].default
@@ -328,6 +272,8 @@ def current(key: str) -> Any:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """``python -m utils.settings``: check every setting in the environment (exit 2 naming the first bad one)."""
+    from utils.settings_load import load_server_settings, load_settings  # it builds on this module's table
+
     try:
         load_settings(os.environ)
         load_server_settings(os.environ)
