@@ -30,7 +30,6 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Hashable, Optional
-from urllib.parse import urlsplit, urlunsplit
 
 from utils.ml.store.base import (
     STORE_SCHEMES,
@@ -41,6 +40,7 @@ from utils.ml.store.base import (
 )
 from utils.ml.store.local import TEMP_PREFIX, LocalModelStore
 from utils.ml.store.s3_cache import RateLimitedLog, VerifiedDiskCache
+from utils.ml.store.s3_keys import S3Keys
 from utils.ml.store.s3_listing import UPLOAD_SEPARATOR, S3Listing
 from utils.ml.store.s3_client import (  # noqa: F401 - the errors are part of this module's API
     ChecksumMismatchError,
@@ -60,7 +60,7 @@ MARKER_NAME = ".active-generation"  # the same name as the local store's activat
 DEFAULT_CACHE_MAX_BYTES = 256 * 1024 * 1024
 
 
-class S3ModelStore(S3Listing, ModelStore):
+class S3ModelStore(S3Keys, S3Listing, ModelStore):
     """Model objects under ``s3://bucket/prefix``, read through a verified, bounded local cache."""
 
     def __init__(
@@ -104,50 +104,6 @@ class S3ModelStore(S3Listing, ModelStore):
         self._token_at = float("-inf")
         self._token_lock = threading.Lock()
         self._warn = RateLimitedLog(logger)
-
-    # -- names -----------------------------------------------------------------
-    def _object_key(self, key: str) -> str:
-        if not isinstance(key, str) or not key or any(ord(c) < 32 or c == "\x7f" for c in key):
-            raise UnsafePathError(f"model key {key!r} is empty or contains control characters")
-        if key.startswith("/") or any(part in ("", ".", "..") for part in key.split("/")):
-            raise UnsafePathError(f"model key {key!r} has a leading '/' or an empty, '.' or '..' segment")
-        full = f"{self.prefix}/{key}" if self.prefix else key
-        if len(full.encode()) > 1024:
-            raise UnsafePathError(f"model key {key!r} makes an object key over 1024 bytes")
-        return full
-
-    def _relative(self, full_key: str) -> str:
-        return full_key[len(self.prefix) + 1:] if self.prefix else full_key
-
-    def locate(self, key: str) -> str:
-        return f"s3://{self.bucket}/{self._object_key(key)}"
-
-    def key_for(self, path: str | Path) -> str:
-        """The key of ``s3://bucket/prefix/key`` (what :meth:`locate` gives); ValueError if not in this store."""
-        base = f"s3://{self.bucket}/{self.prefix}/" if self.prefix else f"s3://{self.bucket}/"
-        text = str(path)
-        if not text.startswith(base) or len(text) == len(base):
-            raise ValueError(f"{text!r} is not an object of {base}")
-        key = text[len(base):]
-        self._object_key(key)
-        return key
-
-    def location_info(self, key: Optional[str] = None) -> dict[str, Any]:
-        """Backend, bucket, prefix, endpoint and region, and the object's key and URL: never credentials."""
-        endpoint = self.client.meta.endpoint_url
-        parsed = urlsplit(endpoint)
-        if parsed.username or parsed.password:  # never echo userinfo someone put into AWS_ENDPOINT_URL
-            endpoint = urlunsplit(parsed._replace(netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")))
-        info: dict[str, Any] = {"backend": "s3", "bucket": self.bucket, "prefix": self.prefix,
-                                "endpoint": endpoint, "region": self.client.meta.region_name,
-                                "cache_dir": str(self.cache.root)}
-        if key is not None:
-            info["key"] = key
-            try:
-                info.update(object_key=self._object_key(key), url=self.locate(key))
-            except UnsafePathError:  # a legacy row's absolute path: not an object of this store
-                pass
-        return info
 
     # -- calls -----------------------------------------------------------------
     def _call(self, what: str, key: Optional[str], fn: Callable[[], Any], attempts: Optional[int] = None) -> Any:
