@@ -115,6 +115,7 @@ def test_rooms_high_days_are_found_by_the_count_channel_and_old_models_still_sco
     # A model saved before the count channel (no count state, no count limits) scores as it did.
     old = copy.deepcopy(model)
     old.stats.count_k = None
+    old.stats.local_on = None  # nor the local rule, which came later (utils.ml.detector.local_view)
     del old.calibration["count"], old.metric["count"]
     legacy, _ = score_day(old, e, t, v, day)
     assert legacy.is_anomaly.size == rows.size and not legacy.is_anomaly[at].any()

@@ -101,12 +101,13 @@ def test_the_veto_rule(r_day, counts):
     assert list(f.deviation()) == [4.0, -4.0]
 
 
-def test_a_pickled_model_without_the_view_still_loads_and_scores(base):  # noqa: F811
+@pytest.mark.parametrize("field", ["scale_day", "local_on"])  # the day view; the local rule (local_view)
+def test_a_pickled_model_without_the_view_still_loads_and_scores(base, field):  # noqa: F811
     model, data = base
     saved = copy.deepcopy(model)
-    del saved.stats.__dict__["scale_day"]  # the state as pickled before the field existed
+    del saved.stats.__dict__[field]  # the state as pickled before the field existed
     loaded = pickle.loads(pickle.dumps(saved))
-    assert loaded.stats.scale_day is None
+    assert getattr(loaded.stats, field) is None
     e, t, v = data
     _, rest = split(e, t, v, TRAIN_DAYS)
     result = loaded.score(*rest, history=history_before(e, t, v, TRAIN_DAYS))

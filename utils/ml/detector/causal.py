@@ -42,7 +42,8 @@ Per observation, from the entity's previous ``HISTORY`` (= 48) observations
   ``LOCAL`` (3) residuals -- what today's demand explains;
   the **deviation** the forest sees is the smaller of the two when they
   agree in sign and the **day view** confirms it, else 0
-  (:meth:`Features.deviation`);
+  (:meth:`Features.deviation`); ``r`` alone for an entity whose window
+  residuals do not move together (:mod:`local_view`);
 * ``r_day`` (entities seen at least 12 times a day): the row against the
   entity's row at the same time a day before, in its own scale of that
   difference; NaN where there is none (:mod:`day_view`);
@@ -82,7 +83,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from utils.ml.detector import day_view
+from utils.ml.detector import day_view, local_view
 from utils.ml.detector.counts import COUNT_LEVEL, COUNT_MIN_LEVEL, COUNT_WINDOWS, count_surprise  # noqa: F401
 from utils.ml.detector.state import (  # noqa: F401  (re-exported: the detector and tests use causal.*)
     DAILY_MIN_DAYS, DAY, DRIFT_DAYS, HOUR, LEVEL_MAX, LEVEL_MIN, NO_STATE, WEEKLY_MIN_DAYS, EntityStats, fit_stats,
@@ -114,19 +115,23 @@ class Features:
     count: np.ndarray = None  # type: ignore[assignment]  # daily counts: -log P(sum of the last w counts this high)
     count_w: np.ndarray = None  # type: ignore[assignment]  # the w of ``count`` (0: not a count)
     r_day: Optional[np.ndarray] = None  # the day view (NaN: no row a day before; None: a model without it)
+    local_on: Optional[np.ndarray] = None  # the row's entity uses the local correction (None: every row does)
 
     def deviation(self) -> np.ndarray:
         """One signed deviation: ``r`` and ``r_local`` must agree, and the smaller one counts.
 
-        A busy day (stock drawn deeper than the profile says) moves ``r`` but
-        not ``r_local``; a spike, dip, contextual value or shift onset moves both.
+        Only for entities whose residuals move together (:mod:`local_view`;
+        the others' deviation is ``r``).  A busy day (stock drawn deeper than
+        the profile says) moves ``r`` but not ``r_local``; a spike, dip, contextual value or shift onset moves both.
         The row after such a day's rows, back at the usual level, moves both
         but not the day view (:func:`day_view.confirms`).
         The entity's most common value (an empty room's 0, if at least
         ``COMMON_SHARE`` of its window) is not rare, so never a deviation.
         """
-        agree = (np.sign(self.r) == np.sign(self.r_local)) & ~self.common & day_view.confirms(self.r, self.r_day)
-        return np.where(agree, np.sign(self.r) * np.minimum(np.abs(self.r), np.abs(self.r_local)), 0.0)
+        on = np.ones(self.r.size, dtype=bool) if self.local_on is None else self.local_on
+        agree, magnitude = local_view.combine(self.r, self.r_local, on)  # r alone where the entity's is off
+        agree &= ~self.common & day_view.confirms(self.r, self.r_day)
+        return np.where(agree, np.sign(self.r) * magnitude, 0.0)
 
     def forest_input(self) -> np.ndarray:
         """The forest's input column: the deviation through sign(x) log(1 + |x|).
@@ -243,8 +248,10 @@ def _compute(stats: EntityStats, entity: np.ndarray, ts: np.ndarray, value: np.n
     if counts.size:  # the previous values matrix only for daily counts' rows: a scan's hot path
         v_prev = np.where(valid[counts], v_sorted[prev[counts]], np.nan)
         count[counts], count_w[counts] = count_surprise(v_sorted[t_sorted[counts]], v_prev, k[counts])
+    local_on = np.where(known, stats.local_on[index], True) if stats.local_on is not None and stats.ids.size \
+        else None
     return Features(r, r_local, stuck, drift, expected, scale, ready, known, common, shift, shift_long, count, count_w,
-                    r_day)
+                    r_day, local_on)
 
 
 def _run_shift(y: np.ndarray, y_prev: np.ndarray, m: np.ndarray, scale: np.ndarray, run: Any) -> np.ndarray:
@@ -299,6 +306,10 @@ def fit_scale(stats: EntityStats, features: Features, entity: np.ndarray, value:
             target[i] = max(float(robust_scale(resid - np.median(resid))) if resid.size >= 3 else floor, floor)
         if stats.scale_day is not None and features.r_day is not None:
             stats.scale_day[i] = day_view.fit_scale(features.r_day[mine], floor)
+        if stats.local_on is not None:
+            stats.local_on[i] = local_view.wanted(features.r[mine])
+    if stats.local_on is not None:
+        features.local_on = np.where(known, stats.local_on[index], True)
     new_scale = np.where(known, stats.scale[index], features.scale)
     features.r_local = features.r_local / np.where(known, stats.scale_local[index], 1.0)
     if features.r_day is not None and stats.scale_day is not None:

@@ -80,15 +80,16 @@ An observation is an alert when any channel fires:
 
 Measured (walk-forward on the simulator, default settings, daily retraining,
 ``python -m utils.ml.evaluation --seed 1 .. --seed 5``; README "Detection quality"):
-5 seeds pooled, event precision 0.79 and recall 0.81 (278/342), F1 0.80 (per
-seed P 0.74-0.84, R 0.78-0.86); recall per kind spike 0.82, dip 0.77, level
-shift 0.73, contextual 0.85, stuck 0.92, drift 0.60 (9/15); daily room
-consumption P 0.57 R 0.63; held-out seeds 6 + 7 P 0.75 R 0.83 (98/118), 8-11
-P 0.71 R 0.76 (204/270), 12-15 P 0.70 R 0.80 (197/245); a clean month
-(seed 1) 0.18 false incidents and 0.0028 false alerts per entity-day.  Before
-the pooled tail shape (budget 0.002): 276/342 at P 0.79; held out 95, 194 and
-193 at P 0.69, 0.69 and 0.68.  Before the day view (:mod:`day_view`): 274/342
-at P 0.78.
+5 seeds pooled, event precision 0.79 and recall 0.82 (279/342), F1 0.80 (per
+seed P 0.75-0.87, R 0.78-0.86); recall per kind spike 0.83, dip 0.80, level
+shift 0.71, contextual 0.83, stuck 0.92, drift 0.60 (9/15); daily room
+consumption P 0.57 R 0.63; held-out seeds 6 + 7 P 0.74 R 0.83 (98/118), 8-11
+P 0.69 R 0.77 (209/270), 12-15 P 0.71 R 0.82 (200/245), all ten 507/633 at
+P 0.71; a clean month (seed 1) 0.20 false incidents and 0.0029 false
+alerts per entity-day.  Before the local rule (:mod:`local_view`): 278/342 at
+P 0.79, held out 499/633 at P 0.71.  Before the pooled tail shape (budget
+0.002): 276/342 at P 0.79; held out 95, 194 and 193 at P 0.69, 0.69 and
+0.68.  Before the day view (:mod:`day_view`): 274/342 at P 0.78.
 
 **Severity** is how far past the entity's own limit: deviation and drift by
 the ratio to the limit (low < 1.5, medium < 2.5, high < 4, critical), stuck

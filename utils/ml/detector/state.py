@@ -53,6 +53,9 @@ class EntityStats:
     # The scale of the day view's differences (see :mod:`day_view`), NaN for an entity without the view;
     # None in models saved before it, which judge every deviation without it.
     scale_day: Optional[np.ndarray] = None
+    # Whether the entity's deviation uses the local correction (see :mod:`local_view`); None in models
+    # saved before the rule, which use it for every entity.
+    local_on: Optional[np.ndarray] = None
 
     def long_runs(self) -> np.ndarray:
         """``long_run``, or what a model saved before it used: ``LONG_RUN_SAVED`` rows where the rate allows."""
@@ -187,7 +190,7 @@ def fit_stats(entity: np.ndarray, ts: np.ndarray, value: np.ndarray) -> EntitySt
                         resolution=np.zeros(size), repeat_cost=np.zeros((size, 2)), mode=np.zeros(size),
                         mode_share=np.zeros(size), daily=np.full((size, n_days), np.nan), day0=day0,
                         log_floor=np.zeros(size), count_k=np.zeros(size), long_run=np.zeros(size, dtype=np.int64),
-                        scale_day=np.ones(size))
+                        scale_day=np.ones(size), local_on=np.ones(size, dtype=bool))
     for i, rows in enumerate(np.split(order, starts[1:]) if order.size else []):
         v = value[rows]
         active = np.unique(day[rows]).size
