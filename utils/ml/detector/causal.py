@@ -122,7 +122,8 @@ class Features:
 
         Only for entities whose residuals move together (:mod:`local_view`;
         the others' deviation is ``r``).  A busy day (stock drawn deeper than
-        the profile says) moves ``r`` but not ``r_local``; a spike, dip, contextual value or shift onset moves both.
+        the profile says) moves ``r`` but not ``r_local``; a spike, dip,
+        contextual value or shift onset moves both.
         The row after such a day's rows, back at the usual level, moves both
         but not the day view (:func:`day_view.confirms`).
         The entity's most common value (an empty room's 0, if at least
