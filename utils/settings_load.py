@@ -8,8 +8,9 @@ Contract: :func:`load_settings` returns the app's configuration (every
 it); any other value goes through the row's parser.  Both raise
 :class:`~utils.settings_parsers.ConfigError` on the first bad value or
 broken rule between settings (:func:`_check_together`), whose ``line`` is
-what the operator sees, and read nothing but the mapping they are given.  This module builds on :mod:`utils.settings`, which imports it only
-lazily (in its ``main``), so there is no import cycle.
+what the operator sees, and read nothing but the mapping they are given.
+This module builds on :mod:`utils.settings`, which imports it only lazily
+(in its ``main``), so there is no import cycle.
 """
 from __future__ import annotations
 
